@@ -1,0 +1,37 @@
+"""Typed errors: transient ones are retried, permanent ones stop and tell the admin."""
+
+from __future__ import annotations
+
+
+class MailError(Exception):
+    """Base class; ``str(error)`` is one line fit for an admin or a terminal."""
+
+    transient = False
+
+
+class ConfigurationError(MailError):
+    """The account description itself is wrong (bad URL, missing password)."""
+
+
+class ServerUnreachable(MailError):
+    """Connection refused, DNS failure, timeout, dropped connection: try again later."""
+
+    transient = True
+
+
+class AuthenticationFailed(MailError):
+    """The server refused the credentials: retrying will not help until someone fixes them."""
+
+
+class TlsError(MailError):
+    """The certificate could not be verified or the TLS handshake failed."""
+
+
+class ProtocolError(MailError):
+    """The server answered something we cannot work with (NO/BAD to a required command)."""
+
+    transient = True
+
+
+class FolderMissing(MailError):
+    """A folder chosen for sync does not exist on the server."""

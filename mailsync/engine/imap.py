@@ -1,0 +1,444 @@
+"""A typed IMAP session: the only module that imports imapclient.
+
+imapclient returns bytes-keyed dicts and has traps verified against Dovecot (see
+IMAP-NOTES.md §3); this wrapper turns its answers into the engine's dataclasses and its
+exceptions into the engine's typed errors.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import socket
+import ssl
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import gen_parsed_response
+
+from mailsync.engine.accounts import MailAccount
+from mailsync.engine.errors import (
+    AuthenticationFailed,
+    FolderMissing,
+    MailError,
+    ProtocolError,
+    ServerUnreachable,
+    TlsError,
+)
+from mailsync.engine.flags import normalize_flags
+
+# Each FETCH/STORE names at most this many UIDs, so a command line stays far below
+# imaplib's 1,000,000-byte _MAXLINE even with sparse UID sets (django-mailbox #81).
+UID_WINDOW = 2000
+SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
+
+
+@dataclass(frozen=True)
+class RemoteFolder:
+    name: str
+    special_use: str  # "\\Sent", ... or ""
+    selectable: bool
+
+
+@dataclass(frozen=True)
+class SelectedFolder:
+    """The snapshot taken at SELECT; cursors are committed only from these values."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None
+    permanent_flags: frozenset[str]
+
+    @property
+    def allows_keywords(self) -> bool:
+        return "\\*" in self.permanent_flags
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
+class FlagState:
+    uid: int
+    flags: frozenset[str]
+    modseq: int | None
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    flags: frozenset[str]
+    internaldate: datetime | None
+    size: int
+    raw: bytes
+    modseq: int | None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def uid_windows(uids: Sequence[int], size: int = UID_WINDOW) -> Iterator[list[int]]:
+    for start in range(0, len(uids), size):
+        yield list(uids[start : start + size])
+
+
+class ImapSession:
+    """One logged-in IMAP connection. Not thread-safe (neither is imapclient, #334).
+
+    Use as a context manager: ``with ImapSession.open(account) as imap: ...``.
+    """
+
+    def __init__(self, client: IMAPClient, capabilities: frozenset[str]) -> None:
+        self._client = client
+        self.capabilities = capabilities
+        self.selected: SelectedFolder | None = None
+
+    # -- connecting ----------------------------------------------------------------
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls,
+        account: MailAccount,
+        *,
+        timeout: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        ignore_capabilities: Iterable[str] = (),
+    ) -> Iterator[ImapSession]:
+        session = cls.connect(
+            account,
+            timeout=timeout,
+            ssl_context=ssl_context,
+            ignore_capabilities=ignore_capabilities,
+        )
+        try:
+            yield session
+        finally:
+            session.close()
+
+    @classmethod
+    def connect(
+        cls,
+        account: MailAccount,
+        *,
+        timeout: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        ignore_capabilities: Iterable[str] = (),
+    ) -> ImapSession:
+        where = f"{account.host}:{account.port}"
+        context = ssl_context or ssl.create_default_context()
+        try:
+            client = IMAPClient(
+                account.host,
+                port=account.port,
+                ssl=account.security == "tls",
+                ssl_context=context,
+                timeout=SocketTimeout(connect=min(15.0, timeout), read=timeout),
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(f"{where}: certificate not trusted ({exc.verify_message})") from exc
+        except ssl.SSLError as exc:
+            raise TlsError(f"{where}: TLS handshake failed ({exc.reason or exc})") from exc
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise ServerUnreachable(f"cannot connect to {where}: {_describe_os_error(exc)}") from exc
+        client.normalise_times = False  # keep INTERNALDATE timezone-aware
+        try:
+            if account.security == "starttls":
+                client.starttls(context)
+            client.login(account.username, account.password)
+        except LoginError as exc:
+            _safe_shutdown(client)
+            raise AuthenticationFailed(
+                f"{where}: login refused for {account.username!r} ({_server_text(exc)})"
+            ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            _safe_shutdown(client)
+            raise TlsError(f"{where}: certificate not trusted ({exc.verify_message})") from exc
+        except ssl.SSLError as exc:
+            _safe_shutdown(client)
+            raise TlsError(f"{where}: TLS failed ({exc.reason or exc})") from exc
+        except (OSError, IMAPClientError) as exc:
+            _safe_shutdown(client)
+            raise ServerUnreachable(f"{where}: connection lost during login ({exc})") from exc
+
+        try:
+            # Servers may announce more after authentication (M365 does): ask again.
+            client._cached_capabilities = None
+            ignored = {cap.upper() for cap in ignore_capabilities}
+            capabilities = frozenset(
+                cap
+                for cap in (_text(c).upper() for c in client.capabilities())
+                if cap not in ignored
+            )
+            # ENABLE must precede the first SELECT; with QRESYNC Dovecot also puts the UID
+            # into unsolicited FETCH responses, which keeps them from being mistaken for
+            # answers about another message (IMAP-NOTES §3).
+            if "QRESYNC" in capabilities:
+                client.enable("QRESYNC")
+            elif "CONDSTORE" in capabilities:
+                client.enable("CONDSTORE")
+        except (OSError, IMAPClientError) as exc:
+            _safe_shutdown(client)
+            raise ServerUnreachable(f"{where}: connection lost after login ({exc})") from exc
+        return cls(client, capabilities)
+
+    def close(self) -> None:
+        try:
+            self._client.logout()
+        except Exception:  # noqa: BLE001 - the connection may already be gone; nothing to save
+            _safe_shutdown(self._client)
+
+    @property
+    def has_condstore(self) -> bool:
+        return "CONDSTORE" in self.capabilities or "QRESYNC" in self.capabilities
+
+    # -- folders -------------------------------------------------------------------
+
+    def list_folders(self) -> list[RemoteFolder]:
+        with self._guard("LIST"):
+            rows = self._client.list_folders()
+        folders = []
+        for flags, _delimiter, name in rows:
+            flag_names = {_text(f) for f in flags}
+            lowered = {f.lower() for f in flag_names}
+            special = next((s for s in SPECIAL_USES if s.lower() in lowered), "")
+            folders.append(
+                RemoteFolder(
+                    name=_text(name),
+                    special_use=special,
+                    selectable="\\noselect" not in lowered and "\\nonexistent" not in lowered,
+                )
+            )
+        return folders
+
+    def status(self, folder: str) -> FolderStatus:
+        items = ["UIDVALIDITY", "UIDNEXT", "MESSAGES"]
+        if self.has_condstore:
+            items.append("HIGHESTMODSEQ")
+        with self._guard(f"STATUS {folder}", folder=folder):
+            answer = self._client.folder_status(folder, items)
+        modseq = answer.get(b"HIGHESTMODSEQ")
+        return FolderStatus(
+            uidvalidity=int(answer[b"UIDVALIDITY"]),
+            uidnext=int(answer[b"UIDNEXT"]),
+            messages=int(answer[b"MESSAGES"]),
+            highestmodseq=int(modseq) if modseq is not None else None,
+        )
+
+    def select(self, folder: str) -> SelectedFolder:
+        with self._guard(f"SELECT {folder}", folder=folder):
+            answer = self._client.select_folder(folder)
+        modseq = answer.get(b"HIGHESTMODSEQ")
+        uidnext = answer.get(b"UIDNEXT")
+        selected = SelectedFolder(
+            name=folder,
+            uidvalidity=int(answer[b"UIDVALIDITY"]),
+            # A server may omit UIDNEXT (RFC 3501 lets it); 0 means "unknown", and the
+            # search for new mail then runs unbounded.
+            uidnext=int(uidnext) if uidnext is not None else 0,
+            exists=int(answer[b"EXISTS"]),
+            highestmodseq=int(modseq) if modseq is not None and self.has_condstore else None,
+            permanent_flags=frozenset(_text(f) for f in answer.get(b"PERMANENTFLAGS", ())),
+        )
+        self.selected = selected
+        return selected
+
+    # -- reading -------------------------------------------------------------------
+
+    def uids_from(self, first_uid: int) -> list[int]:
+        """UIDs >= first_uid in the selected folder.
+
+        ``UID SEARCH UID n:*`` returns the highest UID even when it is below n (``*`` is
+        the last message), so the answer is filtered (IMAP-NOTES §1.5).
+        """
+        with self._guard("UID SEARCH"):
+            found = self._client.search(["UID", f"{max(first_uid, 1)}:*"])
+        return sorted(uid for uid in (int(u) for u in found) if uid >= first_uid)
+
+    def fetch_flags(self, uids: Sequence[int]) -> dict[int, FlagState]:
+        items = ["UID", "FLAGS"] + (["MODSEQ"] if self.has_condstore else [])
+        result: dict[int, FlagState] = {}
+        for window in uid_windows(sorted(uids)):
+            for uid, data in self._uid_fetch(window, items).items():
+                result[uid] = _flag_state(uid, data)
+        return result
+
+    def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE per UID; a UID missing from the answer was expunged meanwhile."""
+        sizes: dict[int, int] = {}
+        for window in uid_windows(sorted(uids)):
+            for uid, data in self._uid_fetch(window, ["UID", "RFC822.SIZE"]).items():
+                sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
+        return sizes
+
+    def fetch_messages(self, uids: Sequence[int]) -> list[FetchedMessage]:
+        """Whole messages with ``BODY.PEEK[]`` (a plain BODY[] would set \\Seen).
+
+        A UID the server no longer has is simply absent from the answer.
+        """
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[]"]
+        if self.has_condstore:
+            items.append("MODSEQ")
+        answer = self._uid_fetch(list(uids), items)
+        messages = []
+        for uid in sorted(answer):
+            data = answer[uid]
+            raw = data.get(b"BODY[]")
+            if raw is None:
+                continue
+            raw_bytes = bytes(raw)
+            state = _flag_state(uid, data)
+            internaldate = data.get(b"INTERNALDATE")
+            messages.append(
+                FetchedMessage(
+                    uid=uid,
+                    flags=state.flags,
+                    internaldate=internaldate if isinstance(internaldate, datetime) else None,
+                    size=int(data.get(b"RFC822.SIZE", len(raw_bytes))),
+                    raw=raw_bytes,
+                    modseq=state.modseq,
+                )
+            )
+        return messages
+
+    # -- writing -------------------------------------------------------------------
+
+    def store_flags(self, uids: Sequence[int], flags: Sequence[str], *, add: bool) -> None:
+        """``UID STORE +FLAGS.SILENT`` / ``-FLAGS.SILENT``: deltas commute with other clients."""
+        for window in uid_windows(sorted(uids)):
+            with self._guard("UID STORE"):
+                if add:
+                    self._client.add_flags(window, list(flags), silent=True)
+                else:
+                    self._client.remove_flags(window, list(flags), silent=True)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _uid_fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH that keeps only responses carrying a UID we asked for.
+
+        imapclient keys responses without a UID by sequence number, so an unsolicited
+        ``* 3 FETCH (FLAGS ...)`` overwrote the answer for UID 3 (IMAP-NOTES §3). Here a
+        response without UID is dropped: it is only a hint, the next sync reads it again.
+        """
+        if not uids:
+            return {}
+        wanted = set(uids)
+        imap = self._client._imap
+        with self._guard("UID FETCH"):
+            tag = imap._command("UID", "FETCH", _uid_set(uids), "(" + " ".join(items) + ")")
+            typ, data = imap._command_complete("FETCH", tag)
+            if typ != "OK":
+                raise ProtocolError(f"UID FETCH refused: {_text(data[0]) if data else typ}")
+            typ, data = imap._untagged_response(typ, data, "FETCH")
+        result: dict[int, dict[bytes, Any]] = {}
+        if data == [None]:
+            return result
+        parsed = gen_parsed_response(data)
+        while True:
+            try:
+                next(parsed)  # sequence number
+                attributes = next(parsed)
+            except StopIteration:
+                break
+            if not isinstance(attributes, tuple):
+                continue
+            pairs = {
+                _text(attributes[i]).upper().encode(): attributes[i + 1]
+                for i in range(0, len(attributes) - 1, 2)
+            }
+            uid_value = pairs.get(b"UID")
+            if uid_value is None:
+                continue
+            uid = int(uid_value)
+            if uid not in wanted:
+                continue
+            if b"INTERNALDATE" in pairs:
+                pairs[b"INTERNALDATE"] = _parse_internaldate(pairs[b"INTERNALDATE"])
+            result.setdefault(uid, {}).update(pairs)
+        return result
+
+    @contextmanager
+    def _guard(self, what: str, *, folder: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except MailError:
+            raise
+        except (socket.timeout, TimeoutError) as exc:
+            raise ServerUnreachable(f"{what}: the server did not answer in time") from exc
+        except IMAPClientError as exc:
+            text = _server_text(exc)
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise ServerUnreachable(f"{what}: connection lost ({text})") from exc
+            lowered = text.lower()
+            if folder is not None and ("nonexistent" in lowered or "doesn't exist" in lowered):
+                raise FolderMissing(f"folder {folder!r} does not exist on the server") from exc
+            raise ProtocolError(f"{what} refused: {text}") from exc
+        except OSError as exc:
+            raise ServerUnreachable(f"{what}: connection lost ({_describe_os_error(exc)})") from exc
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """Compact ``1:5,9`` form for sorted UIDs."""
+    ordered = sorted(set(uids))
+    ranges: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        ranges.append(f"{start}:{prev}" if start != prev else str(start))
+        start = prev = uid
+    ranges.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(ranges)
+
+
+def _flag_state(uid: int, data: dict[bytes, Any]) -> FlagState:
+    modseq_value = data.get(b"MODSEQ")
+    modseq = None
+    if isinstance(modseq_value, tuple) and modseq_value:
+        modseq = int(modseq_value[0])
+    elif modseq_value is not None:
+        modseq = int(modseq_value)
+    return FlagState(uid=uid, flags=normalize_flags(data.get(b"FLAGS", ())), modseq=modseq)
+
+
+def _parse_internaldate(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(_text(value), "%d-%b-%Y %H:%M:%S %z")
+    except ValueError:
+        return None
+
+
+def _server_text(exc: BaseException) -> str:
+    text = _text(exc.args[0]) if exc.args else str(exc)
+    return text.strip().strip("[]'\"") or exc.__class__.__name__
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return str(exc) or exc.__class__.__name__
+
+
+def _safe_shutdown(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except Exception:  # noqa: BLE001, S110 - best effort on an already broken connection
+        pass

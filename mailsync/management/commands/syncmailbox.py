@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import sys
+import time
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from mailsync.engine.errors import MailError
+from mailsync.engine.sync import SyncProgress
+from mailsync.models import Mailbox
+from mailsync.runner import sync_mailbox
+
+
+class Command(BaseCommand):
+    help = "Sync a mailbox's chosen folders in the foreground (no worker needed)."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument(
+            "--once", action="store_true", help="sync once and exit when the app is in step"
+        )
+        parser.add_argument("--interval", type=int, default=settings.SYNC_INTERVAL_SECONDS)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        mailbox = Mailbox.objects.filter(name=options["name"]).first()
+        if mailbox is None:
+            self._fail(f"no mailbox named {options['name']!r} (see: manage.py addmailbox)")
+            raise SystemExit(1)
+        if mailbox.protocol != Mailbox.Protocol.IMAP:
+            self._fail(f"mailbox {mailbox.name!r} is {mailbox.protocol}; only IMAP syncs yet")
+            raise SystemExit(1)
+        while True:
+            ok = self._sync_once(mailbox)
+            if options["once"]:
+                if not ok:
+                    raise SystemExit(1)
+                return
+            try:
+                time.sleep(options["interval"])
+            except KeyboardInterrupt:
+                return
+
+    def _sync_once(self, mailbox: Mailbox) -> bool:
+        progress = _TerminalProgress(sys.stderr)
+        try:
+            result = sync_mailbox(mailbox, on_progress=progress)
+        except MailError as exc:
+            progress.finish()
+            self._fail(f"{mailbox.name}: {exc}")
+            return False
+        except KeyboardInterrupt:
+            progress.finish()
+            raise SystemExit(130) from None
+        progress.finish()
+        for report in result.reports:
+            self.stdout.write(
+                f"{mailbox.name}/{report.folder}: {report.new_messages} new, "
+                f"{report.flag_updates} flag updates, {report.expunged} expunged"
+                + (f", {report.dead_letters} refused by the server" if report.dead_letters else "")
+            )
+        for name in result.busy_folders:
+            self.stderr.write(f"{mailbox.name}/{name}: skipped, another sync holds it")
+        if result.missing_folders:
+            self._fail(f"{mailbox.name}: not on the server: {', '.join(result.missing_folders)}")
+            return False
+        return True
+
+    def _fail(self, message: str) -> None:
+        self.stderr.write(f"syncmailbox: {message}")
+
+
+class _TerminalProgress:
+    """A one-line progress counter, only when stderr is a terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._active = bool(getattr(stream, "isatty", lambda: False)())
+        self._drawn = False
+
+    def __call__(self, progress: SyncProgress) -> None:
+        if not self._active:
+            return
+        self._stream.write(f"\r{progress.folder}: {progress.fetched}/{progress.total} messages")
+        self._stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+

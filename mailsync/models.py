@@ -1,0 +1,349 @@
+"""The mirror of the mail server.
+
+One ``Message`` row per server copy, identified by (folder, UIDVALIDITY, UID) and never by
+Message-ID or ``\\Seen``. The exact bytes the server returned for ``BODY.PEEK[]`` live in a
+content-addressed ``Blob`` so identical copies (the same mail in INBOX and Archive, a
+UIDVALIDITY reset) share one stored body.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from mailsync.crypto import decrypt_secret, encrypt_secret
+from mailsync.engine.accounts import MailAccount
+from mailsync.engine.flags import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
+
+
+FLAG_WORDS = {
+    (SEEN, True): "marked it read",
+    (SEEN, False): "marked it unread",
+    (DELETED, True): "deleted it",
+    (DELETED, False): "undeleted it",
+    (FLAGGED, True): "flagged it",
+    (FLAGGED, False): "unflagged it",
+    (ANSWERED, True): "marked it replied",
+    (ANSWERED, False): "cleared replied",
+}
+
+
+class Mailbox(models.Model):
+    class Protocol(models.TextChoices):
+        IMAP = "imap", "IMAP"
+        POP3 = "pop3", "POP3"
+
+    class Security(models.TextChoices):
+        TLS = "tls", "TLS"
+        STARTTLS = "starttls", "STARTTLS"
+        PLAIN = "plain", "None (loopback or trusted network only)"
+
+    class DeleteMode(models.TextChoices):
+        TRASH = "trash", "Move to Trash"
+        FLAG = "flag", "Mark \\Deleted"
+
+    class SyncStatus(models.TextChoices):
+        NEW = "new", "Not synced yet"
+        SYNCING = "syncing", "Syncing"
+        OK = "ok", "In step"
+        ERROR = "error", "Error"
+
+    name = models.SlugField(max_length=100, unique=True, help_text="Short name used in URLs")
+    email_address = models.EmailField(blank=True, help_text="The shared address staff reply from")
+    protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.IMAP)
+    security = models.CharField(max_length=10, choices=Security.choices, default=Security.TLS)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    username = models.CharField(max_length=320)
+    password_encrypted = models.TextField(blank=True, editable=False)
+    folder_names = models.JSONField(default=list, blank=True, help_text="Folders to sync")
+    delete_mode = models.CharField(
+        max_length=8, choices=DeleteMode.choices, default=DeleteMode.FLAG
+    )
+    is_active = models.BooleanField(default=True)
+    sync_status = models.CharField(
+        max_length=10, choices=SyncStatus.choices, default=SyncStatus.NEW
+    )
+    last_error = models.TextField(blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_password(self, password: str) -> None:
+        self.password_encrypted = encrypt_secret(password)
+
+    def get_password(self) -> str:
+        return decrypt_secret(self.password_encrypted)
+
+    def account(self) -> MailAccount:
+        return MailAccount(
+            protocol=self.protocol,
+            security=self.security,
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.get_password(),
+        )
+
+    def chosen_folder_names(self) -> list[str]:
+        return [str(name) for name in self.folder_names] or ["INBOX"]
+
+
+class Folder(models.Model):
+    """A server folder and its sync cursor.
+
+    Cursor rule: every UID below ``uidnext_done`` (under ``uidvalidity``) is stored; it only
+    advances after the batch holding those UIDs has committed, and never beyond the UIDNEXT
+    snapshot taken at SELECT.
+    """
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=512)
+    special_use = models.CharField(max_length=32, blank=True)
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    uidnext_done = models.BigIntegerField(default=1)
+    highestmodseq_done = models.BigIntegerField(null=True, blank=True)
+    messages_on_server = models.IntegerField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["mailbox", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["mailbox", "name"], name="folder_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox.name}/{self.name}"
+
+
+class Blob(models.Model):
+    """Bytes stored once per sha256: raw messages and decoded attachments."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    data = models.BinaryField()
+    size = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} ({self.size} bytes)"
+
+
+class Conversation(models.Model):
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="conversations")
+    subject = models.TextField(blank=True)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.subject or f"conversation {self.pk}"
+
+
+class Message(models.Model):
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="messages")
+    uidvalidity = models.BigIntegerField()
+    uid = models.BigIntegerField()
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="messages")
+    size = models.BigIntegerField()
+    internaldate = models.DateTimeField(null=True, blank=True)
+    modseq = models.BigIntegerField(null=True, blank=True)
+
+    # flags as the app believes the server has them (see FlagChange for pending intent)
+    seen = models.BooleanField(default=False)
+    answered = models.BooleanField(default=False)
+    flagged = models.BooleanField(default=False)
+    deleted = models.BooleanField(default=False)
+    draft = models.BooleanField(default=False)
+    keywords = models.JSONField(default=list, blank=True)
+
+    # parsed projection of the raw bytes (re-runnable)
+    message_id = models.TextField(blank=True, db_index=True)
+    in_reply_to = models.TextField(blank=True)
+    references = models.JSONField(default=list, blank=True)
+    subject = models.TextField(blank=True)
+    from_name = models.TextField(blank=True)
+    from_address = models.TextField(blank=True)
+    to_display = models.TextField(blank=True)
+    cc_display = models.TextField(blank=True)
+    date = models.DateTimeField(null=True, blank=True)
+    text_body = models.TextField(blank=True)
+    html_body = models.TextField(blank=True)
+    parse_notices = models.JSONField(default=list, blank=True)
+    shown_raw = models.BooleanField(default=False)
+    has_attachments = models.BooleanField(default=False)
+
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    expunged_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["folder", "uidvalidity", "uid"], name="message_unique_location"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["folder", "-date"],
+                condition=Q(expunged_at__isnull=True),
+                name="message_live_by_date",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.folder} uid {self.uid}: {self.subject[:60]}"
+
+    FLAG_FIELDS = {SEEN: "seen", ANSWERED: "answered", FLAGGED: "flagged", DELETED: "deleted",
+                   DRAFT: "draft"}
+
+    def imap_flags(self) -> list[str]:
+        """Sorted IMAP flags and keywords, as ``exportmailbox`` prints them."""
+        system = [flag for flag, field in self.FLAG_FIELDS.items() if getattr(self, field)]
+        return sorted([*system, *(str(k) for k in self.keywords)])
+
+    def has_flag(self, flag: str) -> bool:
+        field = self.FLAG_FIELDS.get(flag)
+        if field is not None:
+            return bool(getattr(self, field))
+        return flag in self.keywords
+
+    @property
+    def sender_display(self) -> str:
+        if self.from_name and self.from_address:
+            return f"{self.from_name} <{self.from_address}>"
+        return self.from_name or self.from_address
+
+
+class Attachment(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="attachments")
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255)
+    content_id = models.CharField(max_length=255, blank=True)
+    inline = models.BooleanField(default=False)
+    size = models.BigIntegerField()
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["message", "position"]
+
+    def __str__(self) -> str:
+        return self.filename
+
+
+class FlagChange(models.Model):
+    """The outbox: a staff flag change waiting to reach the server.
+
+    It records the location the person acted on (UIDVALIDITY + UID) so a change is never
+    applied to another message after a UIDVALIDITY reset.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        DONE = "done", "On the server"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="flag_changes")
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="flag_changes")
+    uidvalidity = models.BigIntegerField()
+    uid = models.BigIntegerField()
+    flag = models.CharField(max_length=128)
+    add = models.BooleanField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["folder", "state"], name="flagchange_folder_state")]
+
+    def __str__(self) -> str:
+        sign = "+" if self.add else "-"
+        return f"{sign}{self.flag} on {self.folder} uid {self.uid} ({self.state})"
+
+
+class Activity(models.Model):
+    """Audit trail: who (or which server change) did what to which message, when."""
+
+    class Source(models.TextChoices):
+        APP = "app", "In the app"
+        SERVER = "server", "Seen on the server"
+        SYSTEM = "system", "System"
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="activities")
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="activities"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    source = models.CharField(max_length=8, choices=Source.choices)
+    verb = models.CharField(max_length=64)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "activities"
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.describe()}"
+
+    def describe(self) -> str:
+        """A short sentence for the history list."""
+        detail = self.detail or {}
+        if self.verb in {"flag_added", "flag_removed"}:
+            word = FLAG_WORDS.get((str(detail.get("flag")), self.verb == "flag_added"))
+            return word or f"{'set' if self.verb == 'flag_added' else 'cleared'} {detail.get('flag')}"
+        if self.verb == "flags_changed":
+            parts = []
+            if detail.get("added"):
+                parts.append("added " + ", ".join(detail["added"]))
+            if detail.get("removed"):
+                parts.append("removed " + ", ".join(detail["removed"]))
+            return "flags changed: " + "; ".join(parts)
+        if self.verb == "expunged":
+            return f"removed from {detail.get('folder', 'the folder')}"
+        if self.verb == "sync_failed":
+            return f"sync failed: {detail.get('error', '')}"
+        return self.verb.replace("_", " ")
+
+
+class DeadLetter(models.Model):
+    """A message the server refused to deliver; recorded so it never blocks the folder."""
+
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="dead_letters")
+    uidvalidity = models.BigIntegerField()
+    uid = models.BigIntegerField()
+    reason = models.TextField()
+    attempts = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["folder", "uidvalidity", "uid"], name="deadletter_unique_location"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.folder} uid {self.uid}: {self.reason[:60]}"

@@ -1,0 +1,154 @@
+"""Sync a whole mailbox or one folder: the Django-side driver around the engine.
+
+Tasks and management commands call these; they take leases, open one IMAP connection,
+push the outbox first (RFC 4549 §3: client-to-server before server-to-client), then run
+the engine's folder sync and record the mailbox's health.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.utils import timezone
+
+from mailsync.crypto import CredentialError
+from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
+from mailsync.engine.imap import ImapSession
+from mailsync.engine.sync import SyncLimits, SyncProgress, SyncReport, sync_folder
+from mailsync.leases import FolderBusy, folder_lease, renew_folder_lease
+from mailsync.models import Activity, Folder, Mailbox
+from mailsync.outbox import push_flag_changes
+from mailsync.store import DjangoFolderStore
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[SyncProgress], None]
+
+
+@dataclass
+class MailboxSyncResult:
+    reports: list[SyncReport] = field(default_factory=list)
+    busy_folders: list[str] = field(default_factory=list)
+    missing_folders: list[str] = field(default_factory=list)
+
+
+def open_session(mailbox: Mailbox) -> ImapSession:
+    if mailbox.protocol != Mailbox.Protocol.IMAP:
+        raise ConfigurationError(f"mailbox {mailbox.name!r} is {mailbox.protocol}, not IMAP")
+    try:
+        account = mailbox.account()
+    except CredentialError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    return ImapSession.connect(account, timeout=settings.IMAP_TIMEOUT_SECONDS)
+
+
+def sync_mailbox(
+    mailbox: Mailbox, *, on_progress: ProgressCallback | None = None
+) -> MailboxSyncResult:
+    """Sync every chosen folder. Raises MailError (after recording it) when the server
+    cannot be reached or refuses the login; a missing folder is reported, not fatal."""
+    result = MailboxSyncResult()
+    Mailbox.objects.filter(pk=mailbox.pk).update(sync_status=Mailbox.SyncStatus.SYNCING)
+    try:
+        imap = open_session(mailbox)
+        try:
+            folders = ensure_folders(imap, mailbox, result)
+            for folder in folders:
+                try:
+                    result.reports.append(sync_one_folder(imap, folder, on_progress=on_progress))
+                except FolderBusy:
+                    result.busy_folders.append(folder.name)
+        finally:
+            imap.close()
+    except MailError as exc:
+        _record_failure(mailbox, exc)
+        raise
+    if result.missing_folders:
+        missing = ", ".join(result.missing_folders)
+        _record_failure(mailbox, FolderMissing(f"not on the server: {missing}"))
+    else:
+        Mailbox.objects.filter(pk=mailbox.pk).update(
+            sync_status=Mailbox.SyncStatus.OK, last_error="", last_synced_at=timezone.now()
+        )
+    return result
+
+
+def ensure_folders(
+    imap: ImapSession, mailbox: Mailbox, result: MailboxSyncResult
+) -> list[Folder]:
+    remote = {f.name: f for f in imap.list_folders() if f.selectable}
+    folders = []
+    for name in mailbox.chosen_folder_names():
+        remote_folder = remote.get(name)
+        if remote_folder is None:
+            result.missing_folders.append(name)
+            Folder.objects.filter(mailbox=mailbox, name=name).update(
+                last_error="this folder does not exist on the server"
+            )
+            continue
+        folder, _ = Folder.objects.get_or_create(
+            mailbox=mailbox, name=name, defaults={"special_use": remote_folder.special_use}
+        )
+        if folder.special_use != remote_folder.special_use:
+            folder.special_use = remote_folder.special_use
+            folder.save(update_fields=["special_use"])
+        folders.append(folder)
+    return folders
+
+
+def sync_one_folder(
+    imap: ImapSession, folder: Folder, *, on_progress: ProgressCallback | None = None
+) -> SyncReport:
+    with folder_lease(folder.pk) as token:
+
+        def progress(step: SyncProgress) -> None:
+            renew_folder_lease(folder.pk, token)
+            if on_progress is not None:
+                on_progress(step)
+
+        push_flag_changes(imap, folder)
+        store = DjangoFolderStore(folder, on_progress=progress)
+        limits = SyncLimits(
+            batch_messages=settings.SYNC_BATCH_MESSAGES, batch_bytes=settings.SYNC_BATCH_BYTES
+        )
+        try:
+            return sync_folder(imap, store, folder.name, limits=limits)
+        except MailError as exc:
+            Folder.objects.filter(pk=folder.pk).update(last_error=str(exc)[:2000])
+            raise
+
+
+def sync_folder_by_id(folder_id: int) -> SyncReport | None:
+    folder = Folder.objects.select_related("mailbox").get(pk=folder_id)
+    imap = open_session(folder.mailbox)
+    try:
+        return sync_one_folder(imap, folder)
+    finally:
+        imap.close()
+
+
+def push_folder_changes(folder_id: int) -> int:
+    folder = Folder.objects.select_related("mailbox").get(pk=folder_id)
+    imap = open_session(folder.mailbox)
+    try:
+        return push_flag_changes(imap, folder).sent
+    finally:
+        imap.close()
+
+
+def _record_failure(mailbox: Mailbox, exc: MailError) -> None:
+    message = str(exc)[:2000]
+    changed = Mailbox.objects.filter(pk=mailbox.pk).exclude(last_error=message).exists()
+    Mailbox.objects.filter(pk=mailbox.pk).update(
+        sync_status=Mailbox.SyncStatus.ERROR, last_error=message
+    )
+    if changed:  # one audit row per distinct problem, not one per retry
+        Activity.objects.create(
+            mailbox=mailbox,
+            source=Activity.Source.SYSTEM,
+            verb="sync_failed",
+            detail={"error": message, "transient": exc.transient},
+        )

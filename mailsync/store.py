@@ -1,0 +1,319 @@
+"""The Django side of the engine's ``FolderStore`` protocol, for one folder."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from mailsync.engine.flags import split_flags
+from mailsync.engine.imap import FetchedMessage, FlagState
+from mailsync.engine.mime import ParsedMessage, parse_message
+from mailsync.engine.sync import FolderCursor, SyncProgress
+from mailsync.models import (
+    Activity,
+    Attachment,
+    Blob,
+    Conversation,
+    DeadLetter,
+    FlagChange,
+    Folder,
+    Message,
+)
+
+log = logging.getLogger(__name__)
+
+OPEN_CHANGE_STATES = (FlagChange.State.PENDING, FlagChange.State.SENDING)
+
+
+def store_blob(data: bytes) -> Blob:
+    """Content-addressed: identical bytes are stored once."""
+    digest = hashlib.sha256(data).hexdigest()
+    blob = Blob.objects.filter(sha256=digest).only("sha256").first()
+    if blob is not None:
+        return blob
+    try:
+        with transaction.atomic():
+            return Blob.objects.create(sha256=digest, data=data, size=len(data))
+    except IntegrityError:  # another worker stored the same bytes a moment ago
+        return Blob.objects.only("sha256").get(sha256=digest)
+
+
+class DjangoFolderStore:
+    def __init__(
+        self, folder: Folder, *, on_progress: Callable[[SyncProgress], None] | None = None
+    ) -> None:
+        self.folder = folder
+        self._on_progress = on_progress
+
+    def load_cursor(self) -> FolderCursor:
+        self.folder.refresh_from_db(fields=["uidvalidity", "uidnext_done", "highestmodseq_done"])
+        return FolderCursor(
+            uidvalidity=self.folder.uidvalidity,
+            uidnext_done=self.folder.uidnext_done,
+            highestmodseq_done=self.folder.highestmodseq_done,
+        )
+
+    def known_uids(self, uidvalidity: int) -> list[int]:
+        return list(
+            Message.objects.filter(
+                folder=self.folder, uidvalidity=uidvalidity, expunged_at__isnull=True
+            )
+            .order_by("uid")
+            .values_list("uid", flat=True)
+        )
+
+    def save_messages(self, uidvalidity: int, messages: Sequence[FetchedMessage]) -> int:
+        if not messages:
+            return 0
+        existing = set(
+            Message.objects.filter(
+                folder=self.folder, uidvalidity=uidvalidity, uid__in=[m.uid for m in messages]
+            ).values_list("uid", flat=True)
+        )
+        created = 0
+        with transaction.atomic():
+            for fetched in messages:
+                if fetched.uid in existing:
+                    continue
+                self._create_message(uidvalidity, fetched)
+                created += 1
+        return created
+
+    def _create_message(self, uidvalidity: int, fetched: FetchedMessage) -> Message:
+        blob = store_blob(fetched.raw)
+        parsed = _parse_safely(fetched.raw)
+        system, keywords = split_flags(fetched.flags)
+        sender = parsed.sender
+        message = Message(
+            folder=self.folder,
+            uidvalidity=uidvalidity,
+            uid=fetched.uid,
+            blob=blob,
+            size=len(fetched.raw),
+            internaldate=fetched.internaldate,
+            modseq=fetched.modseq,
+            keywords=list(keywords),
+            message_id=_without_nul(parsed.message_id),
+            in_reply_to=_without_nul(parsed.in_reply_to),
+            references=[_without_nul(r) for r in parsed.references],
+            subject=_without_nul(parsed.subject),
+            from_name=_without_nul(sender.name) if sender else "",
+            from_address=_without_nul(sender.address) if sender else "",
+            to_display=_without_nul(", ".join(a.display() for a in parsed.to)),
+            cc_display=_without_nul(", ".join(a.display() for a in parsed.cc)),
+            date=parsed.date or fetched.internaldate,
+            text_body=_without_nul(parsed.text),
+            html_body=_without_nul(parsed.html),
+            parse_notices=[_without_nul(n) for n in parsed.notices],
+            shown_raw=parsed.shown_raw,
+            has_attachments=any(not a.inline for a in parsed.attachments),
+        )
+        for flag, field in Message.FLAG_FIELDS.items():
+            setattr(message, field, flag in system)
+        message.conversation = self._conversation_for(message, blob.sha256)
+        message.save()
+        for position, part in enumerate(parsed.attachments):
+            Attachment.objects.create(
+                message=message,
+                blob=store_blob(part.payload),
+                filename=_without_nul(part.filename)[:255],
+                content_type=part.content_type[:255],
+                content_id=_without_nul(part.content_id)[:255],
+                inline=part.inline,
+                size=len(part.payload),
+                position=position,
+            )
+        return message
+
+    def _conversation_for(self, message: Message, sha256: str) -> Conversation:
+        """Thread by the References/In-Reply-To chain, then by the same message seen
+        elsewhere in the mailbox (another folder, an earlier UIDVALIDITY)."""
+        mailbox_messages = Message.objects.filter(folder__mailbox_id=self.folder.mailbox_id)
+        ids = [i for i in [*message.references, message.in_reply_to, message.message_id] if i]
+        match = None
+        if ids:
+            match = (
+                mailbox_messages.filter(message_id__in=ids, conversation__isnull=False)
+                .order_by("id")
+                .first()
+            )
+        if match is None:
+            match = (
+                mailbox_messages.filter(blob_id=sha256, conversation__isnull=False)
+                .order_by("id")
+                .first()
+            )
+        when = message.date or timezone.now()
+        if match is not None and match.conversation is not None:
+            conversation = match.conversation
+            if conversation.last_message_at is None or conversation.last_message_at < when:
+                conversation.last_message_at = when
+                conversation.save(update_fields=["last_message_at"])
+            return conversation
+        return Conversation.objects.create(
+            mailbox_id=self.folder.mailbox_id, subject=message.subject[:1000], last_message_at=when
+        )
+
+    def apply_flags(
+        self, uidvalidity: int, states: Mapping[int, FlagState], observed_at: datetime
+    ) -> int:
+        if not states:
+            return 0
+        changed = 0
+        rows = Message.objects.filter(
+            folder=self.folder, uidvalidity=uidvalidity, uid__in=list(states)
+        )
+        protected = self._flags_with_local_intent(uidvalidity, list(states), observed_at)
+        with transaction.atomic():
+            for message in rows:
+                state = states[message.uid]
+                system, keywords = split_flags(state.flags)
+                keep = protected.get(message.uid, set())
+                added: list[str] = []
+                removed: list[str] = []
+                for flag, field in Message.FLAG_FIELDS.items():
+                    if flag in keep:
+                        continue
+                    want = flag in system
+                    if getattr(message, field) != want:
+                        setattr(message, field, want)
+                        (added if want else removed).append(flag)
+                local_keywords = set(message.keywords)
+                server_keywords = set(keywords)
+                new_keywords = {k for k in server_keywords if k not in keep} | {
+                    k for k in local_keywords if k in keep
+                }
+                added += sorted(new_keywords - local_keywords)
+                removed += sorted(local_keywords - new_keywords)
+                message.keywords = sorted(new_keywords)
+                if state.modseq is not None:
+                    message.modseq = state.modseq
+                if added or removed:
+                    changed += 1
+                    message.save(update_fields=[*Message.FLAG_FIELDS.values(), "keywords",
+                                                "modseq"])
+                    Activity.objects.create(
+                        mailbox_id=self.folder.mailbox_id,
+                        message=message,
+                        source=Activity.Source.SERVER,
+                        verb="flags_changed",
+                        detail={"added": added, "removed": removed},
+                    )
+                elif state.modseq is not None:
+                    Message.objects.filter(pk=message.pk).update(modseq=state.modseq)
+        return changed
+
+    def _flags_with_local_intent(
+        self, uidvalidity: int, uids: list[int], observed_at: datetime
+    ) -> dict[int, set[str]]:
+        """Flags a person changed that the server answer may not reflect yet: still in
+        the outbox, or pushed after the server's answer was read."""
+        rows = FlagChange.objects.filter(
+            folder=self.folder, uidvalidity=uidvalidity, uid__in=uids
+        ).filter(Q(state__in=OPEN_CHANGE_STATES) | Q(done_at__gte=observed_at))
+        protected: dict[int, set[str]] = {}
+        for uid, flag in rows.values_list("uid", "flag"):
+            protected.setdefault(uid, set()).add(flag)
+        return protected
+
+    def mark_expunged(self, uidvalidity: int, uids: Sequence[int]) -> int:
+        now = timezone.now()
+        with transaction.atomic():
+            rows = list(
+                Message.objects.filter(
+                    folder=self.folder,
+                    uidvalidity=uidvalidity,
+                    uid__in=list(uids),
+                    expunged_at__isnull=True,
+                )
+            )
+            for message in rows:
+                message.expunged_at = now
+                message.save(update_fields=["expunged_at"])
+                Activity.objects.create(
+                    mailbox_id=self.folder.mailbox_id,
+                    message=message,
+                    source=Activity.Source.SERVER,
+                    verb="expunged",
+                    detail={"folder": self.folder.name, "uid": message.uid},
+                )
+        return len(rows)
+
+    def reset_uidvalidity(self, old: int, new: int) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            Message.objects.filter(
+                folder=self.folder, uidvalidity=old, expunged_at__isnull=True
+            ).update(expunged_at=now)
+            # A change aimed at an old UID must never land on whatever has that UID now.
+            FlagChange.objects.filter(
+                folder=self.folder, uidvalidity=old, state__in=OPEN_CHANGE_STATES
+            ).update(
+                state=FlagChange.State.CANCELLED,
+                last_error=f"the server renumbered the folder (UIDVALIDITY {old} -> {new})",
+            )
+            Activity.objects.create(
+                mailbox_id=self.folder.mailbox_id,
+                source=Activity.Source.SERVER,
+                verb="uidvalidity_changed",
+                detail={"folder": self.folder.name, "old": old, "new": new},
+            )
+            Folder.objects.filter(pk=self.folder.pk).update(
+                uidvalidity=new, uidnext_done=1, highestmodseq_done=None
+            )
+
+    def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
+        letter, created = DeadLetter.objects.get_or_create(
+            folder=self.folder, uidvalidity=uidvalidity, uid=uid, defaults={"reason": reason}
+        )
+        if not created:
+            DeadLetter.objects.filter(pk=letter.pk).update(reason=reason,
+                                                           attempts=letter.attempts + 1)
+
+    def advance_cursor(self, cursor: FolderCursor) -> None:
+        Folder.objects.filter(pk=self.folder.pk).update(
+            uidvalidity=cursor.uidvalidity,
+            uidnext_done=cursor.uidnext_done,
+            highestmodseq_done=cursor.highestmodseq_done,
+            last_synced_at=timezone.now(),
+            last_error="",
+        )
+
+    def report_progress(self, progress: SyncProgress) -> None:
+        if self._on_progress is not None:
+            self._on_progress(progress)
+
+
+def _parse_safely(raw: bytes) -> ParsedMessage:
+    try:
+        return parse_message(raw)
+    except Exception:  # parse_message promises not to raise; a bug there must not lose mail
+        log.exception("parser failed; storing the message unparsed")
+        text = raw.decode("utf-8", "replace")
+        return ParsedMessage(
+            subject="(could not be parsed)",
+            sender=None,
+            to=(),
+            cc=(),
+            reply_to=(),
+            date=None,
+            message_id="",
+            in_reply_to="",
+            references=(),
+            text=text,
+            html="",
+            attachments=(),
+            notices=("This message could not be parsed; it is shown raw.",),
+            shown_raw=True,
+        )
+
+
+def _without_nul(text: str) -> str:
+    # PostgreSQL text cannot hold NUL characters.
+    return text.replace("\x00", "\ufffd")

@@ -1,0 +1,179 @@
+"""teaminbox settings: one file, read from the environment, with embedded defaults.
+
+Without any variable set, the product runs on one machine with nothing but Python:
+SQLite under ``var/``, Celery's ``filesystem://`` transport under ``var/`` and a database
+cache. Set ``DATABASE_URL`` and ``REDIS_URL`` for PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import django_stubs_ext
+
+from teaminbox.env import database_from_url, envbool, envint, envlist, envstr, redis_url
+
+# Lets admin/form classes be subscripted for the type checker (ModelAdmin[Mailbox]).
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("TEAMINBOX_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = envbool("DEBUG", False)
+SECRET_KEY = envstr("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+# Mailbox passwords are encrypted at rest with Fernet; the key is derived from SECRET_KEY
+# when CREDENTIALS_KEY is unset so a development install works out of the box.
+CREDENTIALS_KEY = envstr(
+    "CREDENTIALS_KEY",
+    base64.urlsafe_b64encode(
+        hashlib.sha256(b"teaminbox-credentials:" + SECRET_KEY.encode()).digest()
+    ).decode(),
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "mailsync",
+    "teaminbox",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "teaminbox.urls"
+WSGI_APPLICATION = "teaminbox.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": database_from_url(
+        envstr("DATABASE_URL", f"sqlite:///{VAR_DIR / 'teaminbox.sqlite3'}")
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = redis_url("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
+# Celery: Redis when configured; otherwise the serverless filesystem transport, which
+# polls about once a second (fine on one machine, never used for latency figures).
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL == "filesystem://":
+    _queue_dir = VAR_DIR / "celery" / "queue"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
+OUTBOX_SWEEP_SECONDS = envint("OUTBOX_SWEEP_SECONDS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "sync-all-mailboxes": {
+        "task": "mailsync.sync_all_mailboxes",
+        "schedule": timedelta(seconds=SYNC_INTERVAL_SECONDS),
+    },
+    "sweep-flag-outbox": {
+        "task": "mailsync.sweep_flag_outbox",
+        "schedule": timedelta(seconds=OUTBOX_SWEEP_SECONDS),
+    },
+}
+
+# Sync tuning
+SYNC_BATCH_MESSAGES = envint("SYNC_BATCH_MESSAGES", 50, minimum=1)
+SYNC_BATCH_BYTES = envint("SYNC_BATCH_BYTES", 20 * 1024 * 1024, minimum=1024)
+SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 600, minimum=10)
+IMAP_TIMEOUT_SECONDS = envint("IMAP_TIMEOUT_SECONDS", 60, minimum=1)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "SAMEORIGIN"  # the message body iframe is same-origin and sandboxed
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "mailsync": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+        "teaminbox": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    },
+}
+
+# The embedded defaults write under var/ (SQLite, the filesystem broker, the file cache).
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+for _key in ("data_folder_in", "processed_folder"):
+    _folder = CELERY_BROKER_TRANSPORT_OPTIONS.get(_key)
+    if isinstance(_folder, str):
+        Path(_folder).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from teaminbox.views import inbox, message
+
+urlpatterns = [
+    path("", inbox.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("m/<slug:mailbox>/", inbox.inbox, name="inbox"),
+    path("m/<slug:mailbox>/messages/<int:message_id>/", message.message_page, name="message"),
+    path(
+        "m/<slug:mailbox>/messages/<int:message_id>/body/",
+        message.message_body,
+        name="message_body",
+    ),
+    path(
+        "m/<slug:mailbox>/messages/<int:message_id>/flags/",
+        message.flag_action,
+        name="flag_action",
+    ),
+    path(
+        "m/<slug:mailbox>/messages/<int:message_id>/attachments/<int:attachment_id>/",
+        message.attachment,
+        name="attachment",
+    ),
+]

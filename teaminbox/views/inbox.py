@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from teaminbox.queries import get_mailbox_for, inbox_folder, inbox_messages, mailboxes_for
+
+PAGE_SIZE = 50
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    mailboxes = list(mailboxes_for(request.user))
+    if len(mailboxes) == 1:
+        return redirect("inbox", mailbox=mailboxes[0].name)
+    return render(request, "teaminbox/home.html", {"mailboxes": mailboxes})
+
+
+@login_required
+def inbox(request: HttpRequest, mailbox: str) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox)
+    folder = inbox_folder(box, request.GET.get("folder"))
+    page = None
+    if folder is not None and folder.uidvalidity is not None:
+        paginator = Paginator(inbox_messages(folder), PAGE_SIZE)
+        page = paginator.get_page(request.GET.get("page"))
+    context = {
+        "mailbox": box,
+        "folder": folder,
+        "folders": box.folders.order_by("name"),
+        "page": page,
+    }
+    template = "teaminbox/inbox.html"
+    if request.htmx and request.htmx.target == "message-list":
+        template += "#message-list"
+    return render(request, template, context)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_POST
+
+from mailsync.models import Attachment, FlagChange, Mailbox, Message
+from teaminbox import services
+from teaminbox.htmlsafe import sanitize_email_html
+from teaminbox.models import Membership
+from teaminbox.queries import get_attachment_for, get_mailbox_for, get_message_for, role_in
+
+# Served inline (e.g. cid: images); anything else is a download. No SVG: it can script.
+INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"}
+BODY_CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
+
+
+def _context(request: HttpRequest, mailbox: Mailbox, message: Message) -> dict[str, object]:
+    role = role_in(request.user, mailbox)
+    return {
+        "mailbox": mailbox,
+        "message": message,
+        "can_act": role in {Membership.Role.AGENT, Membership.Role.ADMIN},
+        "sending": message.flag_changes.filter(
+            state__in=[FlagChange.State.PENDING, FlagChange.State.SENDING]
+        ).exists(),
+    }
+
+
+@login_required
+def message_page(request: HttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox)
+    message = get_message_for(request.user, box, message_id)
+    attachments = list(message.attachments.filter(inline=False))
+    activities = message.activities.select_related("actor")[:50]
+    context = _context(request, box, message)
+    context.update(
+        {
+            "attachments": attachments,
+            "activities": activities,
+            "show_images": request.GET.get("images") == "1",
+        }
+    )
+    return render(request, "teaminbox/message.html", context)
+
+
+@login_required
+def message_body(request: HttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+    """The sanitized HTML body, for the sandboxed iframe on the message page."""
+    box = get_mailbox_for(request.user, mailbox)
+    message = get_message_for(request.user, box, message_id)
+    cid_urls = {
+        a.content_id: reverse(
+            "attachment", kwargs={"mailbox": box.name, "message_id": message.pk,
+                                  "attachment_id": a.pk}
+        )
+        for a in message.attachments.exclude(content_id="")
+    }
+    safe = sanitize_email_html(
+        message.html_body,
+        cid_urls=cid_urls,
+        allow_remote_images=request.GET.get("images") == "1",
+    )
+    response = render(request, "teaminbox/message_body.html", {"html": safe.html})
+    response["Content-Security-Policy"] = BODY_CSP
+    response["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@login_required
+def attachment(
+    request: HttpRequest, mailbox: str, message_id: int, attachment_id: int
+) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox)
+    part: Attachment = get_attachment_for(request.user, box, attachment_id)
+    if part.message_id != message_id:
+        return redirect(
+            "attachment", mailbox=box.name, message_id=part.message_id, attachment_id=part.pk
+        )
+    content_type = part.content_type if "/" in part.content_type else "application/octet-stream"
+    inline = content_type in INLINE_TYPES
+    response = HttpResponse(
+        bytes(part.blob.data), content_type=content_type if inline else "application/octet-stream"
+    )
+    response["Content-Disposition"] = content_disposition_header(
+        as_attachment=not inline, filename=part.filename
+    ) or ("inline" if inline else "attachment")
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_POST
+def flag_action(request: HttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox)
+    message = get_message_for(request.user, box, message_id)
+    action = request.POST.get("action", "")
+    if action not in services.FLAG_ACTIONS:
+        return HttpResponseBadRequest(f"unknown action {action[:40]!r}")
+    context = _context(request, box, message)
+    if not context["can_act"]:
+        return HttpResponse("Viewers cannot change messages.", status=403)
+    flag, on = services.FLAG_ACTIONS[action]
+    services.set_flag(message=message, flag=flag, on=on, actor=request.user)
+    message.refresh_from_db()
+    context = _context(request, box, message)
+    if request.htmx:
+        return render(request, "teaminbox/message.html#flag-actions", context)
+    return redirect("message", mailbox=box.name, message_id=message.pk)

@@ -1,0 +1,41 @@
+"""Locate the shared test corpus (../shared/corpus). Missing corpus: fail under CI, skip elsewhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+def _missing(path: Path, what: str) -> None:
+    message = f"corpus not found at {path}: {what} did not run"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def corpus_path() -> Path:
+    """The MIME corpus directory (calls pytest.fail/skip when it is missing)."""
+    path = SHARED / "mime"
+    if not path.is_dir():
+        _missing(path, "the MIME corpus tests")
+    return path
+
+
+def corpus_files() -> list[Path]:
+    """Every *.eml under the MIME corpus, sorted; [] when the corpus is missing (for parametrize)."""
+    path = SHARED / "mime"
+    if not path.is_dir():
+        return []
+    return sorted(path.rglob("*.eml"))
+
+
+def xss_path() -> Path:
+    """The XSS vector directory (calls pytest.fail/skip when it is missing)."""
+    path = SHARED / "xss"
+    if not path.is_dir():
+        _missing(path, "the XSS corpus tests")
+    return path

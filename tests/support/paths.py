@@ -1,0 +1,12 @@
+"""Where the project and the shared, read-only material live (no Django import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Shared team material sits beside the checkout; it is referenced in place, never copied.
+SHARED_DIR = PROJECT_ROOT.parent / "shared"
+CORPUS_MIME_DIR = SHARED_DIR / "corpus" / "mime"
+CORPUS_XSS_DIR = SHARED_DIR / "corpus" / "xss"
+DOVECOT_TEMPLATE = PROJECT_ROOT / "tests" / "dovecot" / "dovecot.conf.tmpl"

@@ -1,0 +1,169 @@
+"""The mirror against a real Dovecot: what the server has, the app shows, exactly once."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+import pytest
+
+from mailsync.engine.flags import SEEN
+from mailsync.models import Activity, Blob, FlagChange, Message
+from mailsync.runner import push_folder_changes, sync_mailbox
+from teaminbox.services import set_flag
+from tests.support.mirror import comparable, server_state
+
+pytestmark = pytest.mark.django_db
+
+
+def make_mail(subject: str, *, sender: str = "Customer <customer@example.org>", body: str = "Hello")\
+        -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "support@example.test"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{abs(hash(subject))}@example.org>"
+    message.set_content(body)
+    return bytes(message)
+
+
+def app_state(mailbox):
+    rows = []
+    for message in Message.objects.filter(
+        folder__mailbox=mailbox, expunged_at__isnull=True
+    ).select_related("folder"):
+        rows.append(
+            {
+                "folder": message.folder.name,
+                "uidvalidity": message.uidvalidity,
+                "uid": message.uid,
+                "flags": message.imap_flags(),
+                "sha256": message.blob_id,
+            }
+        )
+    return rows
+
+
+def test_it_lists_appended_messages_after_a_sync(shared_mailbox, mail_user):
+    for n in range(3):
+        mail_user.append(make_mail(f"Question {n}"))
+
+    sync_mailbox(shared_mailbox)
+
+    subjects = sorted(Message.objects.values_list("subject", flat=True))
+    assert subjects == ["Question 0", "Question 1", "Question 2"]
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_it_creates_no_duplicates_on_a_second_sync_and_picks_up_later_mail(
+    shared_mailbox, mail_user
+):
+    mail_user.append(make_mail("First"))
+    sync_mailbox(shared_mailbox)
+    sync_mailbox(shared_mailbox)
+    assert Message.objects.count() == 1
+
+    mail_user.append(make_mail("Second"))
+    result = sync_mailbox(shared_mailbox)
+
+    assert [r.new_messages for r in result.reports] == [1]
+    assert sorted(Message.objects.values_list("subject", flat=True)) == ["First", "Second"]
+
+
+def test_it_stores_the_exact_bytes_the_server_returns(shared_mailbox, mail_user):
+    raw = b"From: a@example.org\nSubject: bare LF\n\nline one\nline two\n"
+    uid = mail_user.append(raw)
+
+    sync_mailbox(shared_mailbox)
+
+    message = Message.objects.get(uid=uid)
+    assert bytes(message.blob.data) == mail_user.raw(uid)
+    assert message.subject == "bare LF"
+
+
+def test_it_shares_one_blob_between_identical_copies(make_mailbox, mail_user):
+    mailbox = make_mailbox(mail_user, folders=["INBOX", "Archive"])
+    raw = make_mail("Same everywhere")
+    mail_user.append(raw)
+    mail_user.append(raw, folder="Archive")
+
+    sync_mailbox(mailbox)
+
+    assert Message.objects.count() == 2
+    assert Blob.objects.filter(messages__isnull=False).distinct().count() == 1
+    assert Message.objects.values("conversation").distinct().count() == 1
+
+
+def test_it_takes_flag_changes_and_expunges_made_by_another_client(shared_mailbox, mail_user):
+    keep = mail_user.append(make_mail("Keep"))
+    gone = mail_user.append(make_mail("Gone"))
+    sync_mailbox(shared_mailbox)
+
+    mail_user.add_flags([keep], ["\\Seen", "\\Flagged", "$Forwarded"])
+    mail_user.expunge([gone])
+    sync_mailbox(shared_mailbox)
+
+    kept = Message.objects.get(uid=keep)
+    assert kept.imap_flags() == ["$Forwarded", "\\Flagged", "\\Seen"]
+    expunged = Message.objects.get(uid=gone)
+    assert expunged.expunged_at is not None  # marked, not dropped from history
+    assert Activity.objects.filter(message=expunged, verb="expunged").exists()
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_it_pushes_a_staff_flag_change_to_the_server(shared_mailbox, mail_user, bob):
+    uid = mail_user.append(make_mail("Please read me"))
+    sync_mailbox(shared_mailbox)
+    message = Message.objects.get(uid=uid)
+
+    change = set_flag(message=message, flag=SEEN, on=True, actor=bob)
+    assert change is not None
+    push_folder_changes(message.folder_id)
+
+    assert "\\Seen" in mail_user.flags()[uid]
+    change.refresh_from_db()
+    assert change.state == FlagChange.State.DONE
+    assert Activity.objects.filter(message=message, actor=bob, verb="flag_added").exists()
+
+
+def test_it_keeps_local_intent_while_the_push_is_pending(shared_mailbox, mail_user, bob):
+    uid = mail_user.append(make_mail("Intent"))
+    sync_mailbox(shared_mailbox)
+    message = Message.objects.get(uid=uid)
+    set_flag(message=message, flag=SEEN, on=True, actor=bob)
+
+    # The sync pushes the outbox before it reads the server, so the person's value stays
+    # and reaches the server.
+    sync_mailbox(shared_mailbox)
+
+    message.refresh_from_db()
+    assert message.seen
+    assert "\\Seen" in mail_user.flags()[uid]
+
+
+def test_it_never_applies_a_pending_change_after_the_folder_was_renumbered(
+    shared_mailbox, mail_user, bob
+):
+    uid = mail_user.append(make_mail("Renumbered"))
+    sync_mailbox(shared_mailbox)
+    message = Message.objects.get(uid=uid)
+    change = set_flag(message=message, flag=SEEN, on=True, actor=bob)
+    mail_user.set_uidvalidity(mail_user.uidvalidity() + 100)
+
+    sync_mailbox(shared_mailbox)
+
+    change.refresh_from_db()
+    assert change.state == FlagChange.State.CANCELLED
+    assert "UIDVALIDITY" in change.last_error
+    assert "\\Seen" not in mail_user.flags()[uid]
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_it_records_a_wrong_password_on_the_mailbox(make_mailbox, mail_user):
+    from mailsync.engine.errors import AuthenticationFailed
+
+    mailbox = make_mailbox(mail_user, password="wrong")
+    with pytest.raises(AuthenticationFailed):
+        sync_mailbox(mailbox)
+    mailbox.refresh_from_db()
+    assert mailbox.sync_status == "error"
+    assert "login refused" in mailbox.last_error
