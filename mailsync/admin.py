@@ -20,8 +20,17 @@ class MailboxForm(forms.ModelForm[Mailbox]):
     class Meta:
         model = Mailbox
         fields = [
-            "name", "email_address", "protocol", "security", "host", "port", "username",
-            "password", "folder_names", "delete_mode", "is_active",
+            "name",
+            "email_address",
+            "protocol",
+            "security",
+            "host",
+            "port",
+            "username",
+            "password",
+            "folder_names",
+            "delete_mode",
+            "is_active",
         ]
 
     def clean(self) -> dict[str, Any]:
@@ -44,14 +53,28 @@ class FolderInline(admin.TabularInline[Folder, Mailbox]):
     extra = 0
     can_delete = False
     fields = ["name", "special_use", "uidvalidity", "uidnext_done", "last_synced_at", "last_error"]
-    readonly_fields = fields
+    readonly_fields = [
+        "name",
+        "special_use",
+        "uidvalidity",
+        "uidnext_done",
+        "last_synced_at",
+        "last_error",
+    ]
 
 
 @admin.register(Mailbox)
 class MailboxAdmin(admin.ModelAdmin[Mailbox]):
     form = MailboxForm
-    list_display = ["name", "email_address", "protocol", "host", "sync_status", "last_synced_at",
-                    "last_error"]
+    list_display = [
+        "name",
+        "email_address",
+        "protocol",
+        "host",
+        "sync_status",
+        "last_synced_at",
+        "last_error",
+    ]
     list_filter = ["sync_status", "protocol", "is_active"]
     search_fields = ["name", "email_address", "host", "username"]
     readonly_fields = ["sync_status", "last_synced_at", "last_error"]
@@ -64,17 +87,32 @@ class MailboxAdmin(admin.ModelAdmin[Mailbox]):
 
         for mailbox in queryset:
             sync_mailbox.delay(mailbox.pk)
-        self.message_user(request, f"Sync queued for {queryset.count()} mailbox(es).",
-                          messages.SUCCESS)
+        self.message_user(
+            request, f"Sync queued for {queryset.count()} mailbox(es).", messages.SUCCESS
+        )
 
 
 @admin.register(Folder)
 class FolderAdmin(admin.ModelAdmin[Folder]):
-    list_display = ["__str__", "special_use", "uidvalidity", "uidnext_done", "highestmodseq_done",
-                    "last_synced_at", "last_error"]
+    list_display = [
+        "__str__",
+        "special_use",
+        "uidvalidity",
+        "uidnext_done",
+        "highestmodseq_done",
+        "last_synced_at",
+        "last_error",
+    ]
     list_filter = ["mailbox"]
-    readonly_fields = ["uidvalidity", "uidnext_done", "highestmodseq_done", "lease_owner",
-                       "lease_expires_at", "last_synced_at", "last_error"]
+    readonly_fields = [
+        "uidvalidity",
+        "uidnext_done",
+        "highestmodseq_done",
+        "lease_owner",
+        "lease_expires_at",
+        "last_synced_at",
+        "last_error",
+    ]
 
 
 @admin.register(Activity)

@@ -16,7 +16,6 @@ from mailsync.crypto import decrypt_secret, encrypt_secret
 from mailsync.engine.accounts import MailAccount
 from mailsync.engine.flags import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
 
-
 FLAG_WORDS = {
     (SEEN, True): "marked it read",
     (SEEN, False): "marked it unread",
@@ -203,8 +202,13 @@ class Message(models.Model):
     def __str__(self) -> str:
         return f"{self.folder} uid {self.uid}: {self.subject[:60]}"
 
-    FLAG_FIELDS = {SEEN: "seen", ANSWERED: "answered", FLAGGED: "flagged", DELETED: "deleted",
-                   DRAFT: "draft"}
+    FLAG_FIELDS = {
+        SEEN: "seen",
+        ANSWERED: "answered",
+        FLAGGED: "flagged",
+        DELETED: "deleted",
+        DRAFT: "draft",
+    }
 
     def imap_flags(self) -> list[str]:
         """Sorted IMAP flags and keywords, as ``exportmailbox`` prints them."""
@@ -313,7 +317,9 @@ class Activity(models.Model):
         detail = self.detail or {}
         if self.verb in {"flag_added", "flag_removed"}:
             word = FLAG_WORDS.get((str(detail.get("flag")), self.verb == "flag_added"))
-            return word or f"{'set' if self.verb == 'flag_added' else 'cleared'} {detail.get('flag')}"
+            return (
+                word or f"{'set' if self.verb == 'flag_added' else 'cleared'} {detail.get('flag')}"
+            )
         if self.verb == "flags_changed":
             parts = []
             if detail.get("added"):

@@ -83,9 +83,7 @@ def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushR
         c.pk for c in changes if c.pk not in winners and c.uidvalidity == selected.uidvalidity
     ]
     local_only = [
-        c
-        for c in latest.values()
-        if c.flag not in SYSTEM_FLAGS and not selected.allows_keywords
+        c for c in latest.values() if c.flag not in SYSTEM_FLAGS and not selected.allows_keywords
     ]
     groups: dict[tuple[str, bool], list[int]] = {}
     for change in latest.values():

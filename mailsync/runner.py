@@ -76,9 +76,7 @@ def sync_mailbox(
     return result
 
 
-def ensure_folders(
-    imap: ImapSession, mailbox: Mailbox, result: MailboxSyncResult
-) -> list[Folder]:
+def ensure_folders(imap: ImapSession, mailbox: Mailbox, result: MailboxSyncResult) -> list[Folder]:
     remote = {f.name: f for f in imap.list_folders() if f.selectable}
     folders = []
     for name in mailbox.chosen_folder_names():

@@ -196,8 +196,9 @@ class DjangoFolderStore:
                     message.modseq = state.modseq
                 if added or removed:
                     changed += 1
-                    message.save(update_fields=[*Message.FLAG_FIELDS.values(), "keywords",
-                                                "modseq"])
+                    message.save(
+                        update_fields=[*Message.FLAG_FIELDS.values(), "keywords", "modseq"]
+                    )
                     Activity.objects.create(
                         mailbox_id=self.folder.mailbox_id,
                         message=message,
@@ -273,8 +274,9 @@ class DjangoFolderStore:
             folder=self.folder, uidvalidity=uidvalidity, uid=uid, defaults={"reason": reason}
         )
         if not created:
-            DeadLetter.objects.filter(pk=letter.pk).update(reason=reason,
-                                                           attempts=letter.attempts + 1)
+            DeadLetter.objects.filter(pk=letter.pk).update(
+                reason=reason, attempts=letter.attempts + 1
+            )
 
     def advance_cursor(self, cursor: FolderCursor) -> None:
         Folder.objects.filter(pk=self.folder.pk).update(

@@ -4,6 +4,7 @@ leases and conditional claims in the database make the work happen once."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF = [5, 15, 60, 300]
 
 
-def _retry_later(task: Task, exc: MailError) -> None:
+def _retry_later(task: Task[Any, Any], exc: MailError) -> None:
     if not exc.transient:
         log.warning("%s: %s (not retried)", task.name, exc)
         return
@@ -28,7 +29,7 @@ def _retry_later(task: Task, exc: MailError) -> None:
 
 
 @shared_task(bind=True, name="mailsync.sync_mailbox", acks_late=True)
-def sync_mailbox(self: Task, mailbox_id: int) -> None:
+def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
     mailbox = Mailbox.objects.filter(pk=mailbox_id, is_active=True).first()
     if mailbox is None or mailbox.protocol != Mailbox.Protocol.IMAP:
         return
@@ -39,7 +40,7 @@ def sync_mailbox(self: Task, mailbox_id: int) -> None:
 
 
 @shared_task(bind=True, name="mailsync.sync_folder", acks_late=True)
-def sync_folder(self: Task, folder_id: int) -> None:
+def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
     try:
         runner.sync_folder_by_id(folder_id)
     except FolderBusy:
@@ -51,7 +52,7 @@ def sync_folder(self: Task, folder_id: int) -> None:
 
 
 @shared_task(bind=True, name="mailsync.push_flag_changes", acks_late=True)
-def push_flag_changes(self: Task, folder_id: int) -> None:
+def push_flag_changes(self: Task[Any, Any], folder_id: int) -> None:
     try:
         runner.push_folder_changes(folder_id)
     except Folder.DoesNotExist:

@@ -61,7 +61,7 @@ def envlist(name: str, default: list[str]) -> list[str]:
 
 
 def database_from_url(url: str) -> dict[str, Any]:
-    """Turn ``sqlite:////abs/path`` or ``postgres://user:pw@host:5432/db`` into DATABASES['default'].
+    """Turn ``sqlite:////abs/path`` or ``postgres://user:pw@host:5432/db`` into a DATABASES entry.
 
     SQLite runs in WAL mode with a busy timeout and IMMEDIATE transactions, because the web
     server, the worker, beat and the IDLE watcher all write to the same file: a deferred
@@ -73,9 +73,7 @@ def database_from_url(url: str) -> dict[str, Any]:
     if scheme == "sqlite":
         # sqlite:////abs/path -> path "//abs/path"; sqlite:///rel/path -> "/rel/path"
         path = unquote(parts.path)
-        if path.startswith("//"):
-            path = path[1:]
-        elif path.startswith("/"):
+        if path.startswith("/"):
             path = path[1:]
         if not path:
             raise ImproperlyConfigured(f"DATABASE_URL={url!r} names no SQLite file")

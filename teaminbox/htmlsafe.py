@@ -6,6 +6,7 @@ targets); it never decides what markup is safe.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -22,17 +23,95 @@ class SanitizedHtml:
 
 
 _TAGS = frozenset(
-    """
-    a abbr acronym address b bdi bdo big blockquote br caption center cite code col colgroup dd del
-    dfn div dl dt em font h1 h2 h3 h4 h5 h6 hr i img ins kbd li mark ol p pre q rp rt ruby s samp
-    small span strike strong sub sup table tbody td tfoot th thead tr tt u ul var wbr
-    """.split()
+    [
+        "a",
+        "abbr",
+        "acronym",
+        "address",
+        "b",
+        "bdi",
+        "bdo",
+        "big",
+        "blockquote",
+        "br",
+        "caption",
+        "center",
+        "cite",
+        "code",
+        "col",
+        "colgroup",
+        "dd",
+        "del",
+        "dfn",
+        "div",
+        "dl",
+        "dt",
+        "em",
+        "font",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "i",
+        "img",
+        "ins",
+        "kbd",
+        "li",
+        "mark",
+        "ol",
+        "p",
+        "pre",
+        "q",
+        "rp",
+        "rt",
+        "ruby",
+        "s",
+        "samp",
+        "small",
+        "span",
+        "strike",
+        "strong",
+        "sub",
+        "sup",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "tr",
+        "tt",
+        "u",
+        "ul",
+        "var",
+        "wbr",
+    ]
 )
 
 # Removed together with their content (nh3 strips other unknown tags but keeps their text).
 _CLEAN_CONTENT = frozenset(
-    {"script", "style", "title", "head", "iframe", "object", "embed", "applet", "noscript",
-     "template", "svg", "math", "xml", "form", "select", "textarea", "button"}
+    {
+        "script",
+        "style",
+        "title",
+        "head",
+        "iframe",
+        "object",
+        "embed",
+        "applet",
+        "noscript",
+        "template",
+        "svg",
+        "math",
+        "xml",
+        "form",
+        "select",
+        "textarea",
+        "button",
+    }
 )
 
 _GENERIC_ATTRS = frozenset({"style", "title", "dir", "lang", "align", "valign", "class"})
@@ -62,23 +141,99 @@ _ATTRS: dict[str, set[str]] = {
 # CSS properties that cannot load resources or escape the message box. No `position`, `behavior`,
 # `background-image`, `background` shorthand (url()), `content`, `cursor` (url()), `-moz-binding`.
 _CSS = frozenset(
-    """
-    color background-color border border-top border-right border-bottom border-left border-color
-    border-style border-width border-collapse border-spacing border-radius border-top-color
-    border-right-color border-bottom-color border-left-color border-top-style border-right-style
-    border-bottom-style border-left-style border-top-width border-right-width border-bottom-width
-    border-left-width font font-family font-size font-style font-variant font-weight
-    letter-spacing line-height list-style-type margin margin-top margin-right margin-bottom
-    margin-left padding padding-top padding-right padding-bottom padding-left text-align
-    text-decoration text-indent text-transform vertical-align white-space word-spacing word-break
-    word-wrap overflow-wrap width min-width max-width height min-height max-height display
-    table-layout caption-side empty-cells direction unicode-bidi float clear
-    """.split()
+    [
+        "color",
+        "background-color",
+        "border",
+        "border-top",
+        "border-right",
+        "border-bottom",
+        "border-left",
+        "border-color",
+        "border-style",
+        "border-width",
+        "border-collapse",
+        "border-spacing",
+        "border-radius",
+        "border-top-color",
+        "border-right-color",
+        "border-bottom-color",
+        "border-left-color",
+        "border-top-style",
+        "border-right-style",
+        "border-bottom-style",
+        "border-left-style",
+        "border-top-width",
+        "border-right-width",
+        "border-bottom-width",
+        "border-left-width",
+        "font",
+        "font-family",
+        "font-size",
+        "font-style",
+        "font-variant",
+        "font-weight",
+        "letter-spacing",
+        "line-height",
+        "list-style-type",
+        "margin",
+        "margin-top",
+        "margin-right",
+        "margin-bottom",
+        "margin-left",
+        "padding",
+        "padding-top",
+        "padding-right",
+        "padding-bottom",
+        "padding-left",
+        "text-align",
+        "text-decoration",
+        "text-indent",
+        "text-transform",
+        "vertical-align",
+        "white-space",
+        "word-spacing",
+        "word-break",
+        "word-wrap",
+        "overflow-wrap",
+        "width",
+        "min-width",
+        "max-width",
+        "height",
+        "min-height",
+        "max-height",
+        "display",
+        "table-layout",
+        "caption-side",
+        "empty-cells",
+        "direction",
+        "unicode-bidi",
+        "float",
+        "clear",
+    ]
 )
 
 _URL_SCHEMES = frozenset({"http", "https", "mailto", "tel", "cid", "data"})
-_DATA_IMAGE = ("data:image/png", "data:image/gif", "data:image/jpeg", "data:image/jpg",
-               "data:image/webp", "data:image/bmp")
+_DATA_IMAGE = (
+    "data:image/png",
+    "data:image/gif",
+    "data:image/jpeg",
+    "data:image/jpg",
+    "data:image/webp",
+    "data:image/bmp",
+)
+
+
+_CSS_COMMENT = re.compile(r"/\*.*?(\*/|$)", re.S)
+_CSS_DANGER = ("expression", "url(", "javascript", "vbscript", "behavior", "binding", "@import")
+
+
+def _risky_style(value: str) -> bool:
+    """Defence in depth on top of nh3's property filter: refuse values that could load or run
+    anything even in legacy engines (comments and CSS escapes removed before checking)."""
+    flat = _CSS_COMMENT.sub("", value).replace("\\", "").lower()
+    flat = re.sub(r"\s+", "", flat)
+    return any(token in flat for token in _CSS_DANGER)
 
 
 def _lookup_cid(value: str, cid_urls: Mapping[str, str]) -> str | None:
@@ -131,6 +286,8 @@ def sanitize_email_html(
             return value
         if attr == "target":
             return "_blank"
+        if attr == "style" and _risky_style(value):
+            return None
         return value
 
     try:
@@ -146,6 +303,6 @@ def sanitize_email_html(
             filter_style_properties=set(_CSS),
             set_tag_attribute_values={"a": {"target": "_blank"}},
         )
-    except Exception:  # noqa: BLE001 - never let odd input break the page
+    except Exception:  # never let odd input break the page
         cleaned = nh3.clean(html, tags=set(), clean_content_tags=set(_CLEAN_CONTENT))
     return SanitizedHtml(html=cleaned, blocked_remote_images=blocked)

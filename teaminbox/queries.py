@@ -21,13 +21,15 @@ def mailboxes_for(user: User) -> QuerySet[Mailbox]:
         return Mailbox.objects.none()
     if getattr(user, "is_superuser", False):
         return Mailbox.objects.all()
-    return Mailbox.objects.filter(memberships__user_id=user.pk)
+    return Mailbox.objects.filter(memberships__user_id=int(user.pk))
 
 
 def role_in(user: User, mailbox: Mailbox) -> str | None:
     if getattr(user, "is_superuser", False):
         return Membership.Role.ADMIN
-    membership = Membership.objects.filter(user_id=user.pk, mailbox=mailbox).first()
+    if not user.is_authenticated:
+        return None
+    membership = Membership.objects.filter(user_id=int(user.pk), mailbox=mailbox).first()
     return membership.role if membership else None
 
 
@@ -68,13 +70,24 @@ def inbox_folder(mailbox: Mailbox, name: str | None = None) -> Folder | None:
 
 
 def inbox_messages(folder: Folder) -> QuerySet[Message]:
+    if folder.uidvalidity is None:  # never synced
+        return Message.objects.none()
     return (
         Message.objects.filter(
             folder=folder, uidvalidity=folder.uidvalidity, expunged_at__isnull=True
         )
         .order_by("-date", "-uid")
         .only(
-            "id", "subject", "from_name", "from_address", "date", "seen", "flagged",
-            "deleted", "answered", "has_attachments", "folder_id",
+            "id",
+            "subject",
+            "from_name",
+            "from_address",
+            "date",
+            "seen",
+            "flagged",
+            "deleted",
+            "answered",
+            "has_attachments",
+            "folder_id",
         )
     )

@@ -78,7 +78,7 @@ def _enqueue_push(folder_id: int) -> None:
 
     try:
         push_flag_changes.delay(folder_id)
-    except Exception:  # noqa: BLE001 - broker down: the outbox row stays, the sweeper resends
+    except Exception:
         import logging
 
         logging.getLogger(__name__).warning(

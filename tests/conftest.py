@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Sections: markers, Dovecot, corpus (Django fixtures go below)."""
+"""Shared pytest fixtures: markers, Dovecot, corpus. Django personas come from pytest_plugins."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import itertools
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import DovecotServer, MailUser
-from tests.support.paths import CORPUS_MIME_DIR, CORPUS_XSS_DIR
+from tests.support.dovecot import DovecotFactory, DovecotServer, MailUser, stop_all
+from tests.support.paths import CORPUS_MIME_DIR, CORPUS_XSS_DIR, shared_dir_or_skip
 
 # Django fixtures (personas alice/bob/charlie, mailboxes on the test Dovecot, manage.py runs)
 pytest_plugins = ["tests.support.personas"]
@@ -46,7 +46,7 @@ def dovecot_base_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def dovecot_factory(dovecot_base_dir: Path) -> Iterator[Callable[[str, str], DovecotServer]]:
+def dovecot_factory(dovecot_base_dir: Path) -> Iterator[DovecotFactory]:
     """Start an extra instance with its own config, e.g.
     ``dovecot_factory("rawlog", RAWLOG_CONFIG)``. One per name per session (starting one
     costs ≈0.1 s, stopping ≈1.1 s); all are stopped at the end of the session."""
@@ -58,14 +58,13 @@ def dovecot_factory(dovecot_base_dir: Path) -> Iterator[Callable[[str, str], Dov
         return servers[name]
 
     yield start
-    for server in servers.values():
-        server.stop()
+    stop_all(servers.values())
 
 
 @pytest.fixture(scope="session")
-def dovecot(dovecot_factory: Callable[[str, str], DovecotServer]) -> DovecotServer:
+def dovecot(dovecot_factory: DovecotFactory) -> DovecotServer:
     """The session's plain Dovecot (IMAP + POP3 on loopback). Share it; isolate by user."""
-    return dovecot_factory("main", "")
+    return dovecot_factory("main")
 
 
 _user_counter = itertools.count(1)
@@ -81,22 +80,13 @@ def mail_user(dovecot: DovecotServer) -> MailUser:
 # --- corpus (read in place from ../shared, never copied) ------------------------------------
 
 
-def _shared_dir(path: Path, what: str) -> Path:
-    if path.is_dir():
-        return path
-    message = f"{what} not found at {path}: the tests that read it did not run"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     """``shared/corpus/mime``: real-world messages, one ``.eml`` per file (+ MANIFEST.tsv)."""
-    return _shared_dir(CORPUS_MIME_DIR, "the MIME corpus")
+    return shared_dir_or_skip(CORPUS_MIME_DIR, "the MIME corpus")
 
 
 @pytest.fixture(scope="session")
 def xss_dir() -> Path:
     """``shared/corpus/xss``: hostile HTML mail for the sanitizer and renderer."""
-    return _shared_dir(CORPUS_XSS_DIR, "the XSS corpus")
+    return shared_dir_or_skip(CORPUS_XSS_DIR, "the XSS corpus")

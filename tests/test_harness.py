@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 
 import pytest
 
-from tests.support.dovecot import RAWLOG_CONFIG, DovecotServer, MailUser
+from tests.support.dovecot import (
+    RAWLOG_CONFIG,
+    DovecotFactory,
+    DovecotServer,
+    DovecotUnavailable,
+    MailUser,
+)
+from tests.support.paths import shared_dir_or_skip
 
 SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk"}
 SPECIAL_USE["Archive"] = "\\Archive"
@@ -156,7 +162,7 @@ def test_it_answers_pop3_with_ok(dovecot: DovecotServer, mail_user: MailUser):
 
 
 def test_it_records_the_commands_a_client_sent_with_rawlog(
-    dovecot_factory: Callable[[str, str], DovecotServer],
+    dovecot_factory: DovecotFactory,
 ):
     server = dovecot_factory("rawlog", RAWLOG_CONFIG)
     user = server.add_user("recorded@example.test", "secret")
@@ -180,3 +186,29 @@ def test_it_kicks_a_users_open_sessions(mail_user: MailUser):
         mail_user.kick()
         with pytest.raises((OSError, client.AbortError)):
             client.noop()
+
+
+def test_it_fails_on_a_missing_corpus_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.setenv("CI", "true")
+
+    with pytest.raises(pytest.fail.Exception, match="did not run"):
+        shared_dir_or_skip(tmp_path / "missing", "the MIME corpus")
+
+
+def test_it_skips_on_a_missing_corpus_outside_ci(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.delenv("CI", raising=False)
+
+    with pytest.raises(pytest.skip.Exception, match="the MIME corpus not found"):
+        shared_dir_or_skip(tmp_path / "missing", "the MIME corpus")
+
+
+def test_it_finds_the_shared_corpus_in_place(corpus_dir, xss_dir):
+    assert (corpus_dir / "MANIFEST.tsv").is_file()
+    assert any(xss_dir.iterdir())
+
+
+def test_it_refuses_to_start_dovecot_without_root(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+
+    with pytest.raises(DovecotUnavailable, match="must run as root"):
+        DovecotServer.start(tmp_path, "unprivileged")

@@ -15,8 +15,9 @@ from tests.support.mirror import comparable, server_state
 pytestmark = pytest.mark.django_db
 
 
-def make_mail(subject: str, *, sender: str = "Customer <customer@example.org>", body: str = "Hello")\
-        -> bytes:
+def make_mail(
+    subject: str, *, sender: str = "Customer <customer@example.org>", body: str = "Hello"
+) -> bytes:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = "support@example.test"

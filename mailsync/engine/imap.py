@@ -7,6 +7,7 @@ exceptions into the engine's typed errors.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import socket
 import ssl
@@ -152,7 +153,9 @@ class ImapSession:
         except ssl.SSLError as exc:
             raise TlsError(f"{where}: TLS handshake failed ({exc.reason or exc})") from exc
         except (OSError, imaplib.IMAP4.error) as exc:
-            raise ServerUnreachable(f"cannot connect to {where}: {_describe_os_error(exc)}") from exc
+            raise ServerUnreachable(
+                f"cannot connect to {where}: {_describe_os_error(exc)}"
+            ) from exc
         client.normalise_times = False  # keep INTERNALDATE timezone-aware
         try:
             if account.security == "starttls":
@@ -197,7 +200,7 @@ class ImapSession:
     def close(self) -> None:
         try:
             self._client.logout()
-        except Exception:  # noqa: BLE001 - the connection may already be gone; nothing to save
+        except Exception:
             _safe_shutdown(self._client)
 
     @property
@@ -376,7 +379,7 @@ class ImapSession:
             yield
         except MailError:
             raise
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise ServerUnreachable(f"{what}: the server did not answer in time") from exc
         except IMAPClientError as exc:
             text = _server_text(exc)
@@ -406,12 +409,10 @@ def _uid_set(uids: Sequence[int]) -> str:
 
 
 def _flag_state(uid: int, data: dict[bytes, Any]) -> FlagState:
-    modseq_value = data.get(b"MODSEQ")
-    modseq = None
-    if isinstance(modseq_value, tuple) and modseq_value:
-        modseq = int(modseq_value[0])
-    elif modseq_value is not None:
-        modseq = int(modseq_value)
+    modseq_value = data.get(b"MODSEQ")  # imapclient gives "(123)" as a 1-tuple
+    if isinstance(modseq_value, tuple):
+        modseq_value = modseq_value[0] if modseq_value else None
+    modseq = int(modseq_value) if modseq_value is not None else None
     return FlagState(uid=uid, flags=normalize_flags(data.get(b"FLAGS", ())), modseq=modseq)
 
 
@@ -438,7 +439,6 @@ def _describe_os_error(exc: BaseException) -> str:
 
 
 def _safe_shutdown(client: IMAPClient) -> None:
-    try:
+    # best effort on an already broken connection: there is nothing left to save
+    with contextlib.suppress(Exception):
         client.shutdown()
-    except Exception:  # noqa: BLE001, S110 - best effort on an already broken connection
-        pass

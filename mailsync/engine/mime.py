@@ -1,8 +1,9 @@
 """Turn raw RFC 5322 / MIME bytes into a :class:`ParsedMessage`. Pure Python, no Django.
 
-:func:`parse_message` never raises. The stdlib parser (``policy.default``) builds the tree; every header
-access and every decode is guarded, with a fallback to the raw (compat32-style) header value and our own
-RFC 2047 decoder. See ``IMAP-NOTES.md`` §4 and ``shared/corpus/mime/README.md`` for the failure modes.
+:func:`parse_message` never raises. The stdlib parser (``policy.default``) builds the tree; every
+header access and every decode is guarded, with a fallback to the raw (compat32-style) header value
+and our own RFC 2047 decoder. See ``IMAP-NOTES.md`` §4 and ``shared/corpus/mime/README.md`` for the
+failure modes.
 
 All returned strings are free of NUL characters and lone surrogates (safe for PostgreSQL text).
 """
@@ -152,9 +153,9 @@ def decode_words(
 ) -> str:
     """Decode RFC 2047 encoded words leniently.
 
-    Adjacent encoded words in the same charset are joined before decoding (words split in the middle of a
-    multi-byte character), whitespace between encoded words is dropped, a missing final ``?=`` and words
-    glued to other text are tolerated, unknown charsets are guessed.
+    Adjacent encoded words in the same charset are joined before decoding (words split in the middle
+    of a multi-byte character), whitespace between encoded words is dropped, a missing final ``?=``
+    and words glued to other text are tolerated, unknown charsets are guessed.
     """
     if "=?" not in value:
         return _unsurrogate(value, hint)
@@ -204,7 +205,7 @@ def _raw_headers_s(msg: email.message.Message, name: str) -> list[str]:
         for key, value in msg.raw_items():
             if str(key).lower() == lname:
                 found.append(_FOLD.sub("", value if isinstance(value, str) else str(value)))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return found
     return found
 
@@ -220,14 +221,24 @@ def _raw_headers(msg: email.message.Message, name: str) -> list[str]:
 
 
 def _plain_ascii(value: str) -> bool:
-    return len(value) <= _POLICY_MAX and value.isascii() and "\x1b" not in value and not _UTF7_RUN.search(value)
+    return (
+        len(value) <= _POLICY_MAX
+        and value.isascii()
+        and "\x1b" not in value
+        and not _UTF7_RUN.search(value)
+    )
 
 
 _POLICY_MAX = 4000  # the stdlib structured-header parser is slow (quadratic) on huge headers
 
 
 def _looks_clean(text: str) -> bool:
-    return "\ufffd" not in text and "\x1b" not in text and not _SURROGATES.search(text) and not _LEFTOVER_EW.search(text)
+    return (
+        "\ufffd" not in text
+        and "\x1b" not in text
+        and not _SURROGATES.search(text)
+        and not _LEFTOVER_EW.search(text)
+    )
 
 
 def _unstructured(
@@ -243,7 +254,7 @@ def _unstructured(
             text = str(value) if value is not None else ""
             if _looks_clean(text):
                 return _clean_header(text)
-        except Exception:  # noqa: BLE001 - stdlib header parser bugs
+        except Exception:  # stdlib header parser bugs
             pass
     where = f"The {name.capitalize()} header"
     return _clean_header(decode_words(raw, notices, where, hint))
@@ -272,7 +283,7 @@ def _addresses(
     if all(_plain_ascii(r) and "=?" not in r for r in raws):
         try:
             found: list[ParsedAddress] = []
-            values = msg.get_all(name) or []
+            values: list[Any] = list(msg.get_all(name) or [])
             ok = True
             for header in values:
                 for item in header.addresses:
@@ -285,14 +296,14 @@ def _addresses(
                         found.append(parsed)
             if ok and (found or not any(r.strip() for r in raws)):
                 return tuple(found)
-        except Exception:  # noqa: BLE001 - e.g. 'Group' object has no attribute 'local_part'
+        except Exception:  # e.g. 'Group' object has no attribute 'local_part'
             pass
     result: list[ParsedAddress] = []
     try:
         if sum(len(r) for r in raws) > _POLICY_MAX * 4:
             raise ValueError("too long for getaddresses")
         pairs = email.utils.getaddresses(raws)
-    except Exception:  # noqa: BLE001 - RecursionError on huge headers, among others
+    except Exception:  # RecursionError on huge headers, among others
         pairs = [_split_address(chunk) for raw in raws for chunk in _split_list(raw)]
     for display, addr in pairs:
         parsed = _address_from_parts(
@@ -330,6 +341,7 @@ def _split_list(raw: str) -> list[str]:
 
 
 def _split_address(chunk: str) -> tuple[str, str]:
+    chunk = chunk[:2000]  # bounds the regex work on hostile headers
     match = _ANGLE_ADDR.search(chunk) or _BARE_ADDR.search(chunk)
     if not match:
         return ("", chunk[:200])
@@ -349,7 +361,7 @@ def _date(msg: email.message.Message) -> datetime | None:
         year = parts[0]
         if year < 100:  # two-digit years, RFC 5322 4.3
             year += 2000 if year < 50 else 1900
-        naive = datetime(year, *parts[1:6])  # type: ignore[misc]
+        naive = datetime(year, *parts[1:6])
         offset = parts[9]
         tz = UTC if offset is None else timezone(timedelta(seconds=offset))
         return naive.replace(tzinfo=tz)
@@ -384,7 +396,7 @@ def _message_id(msg: email.message.Message) -> str:
 
 
 def _param_view(part: email.message.Message, hint: str | None = None) -> email.message.Message:
-    """A compat32 message holding only this part's Content-Type/-Disposition (robust param parsing)."""
+    """A compat32 message with only this part's Content-Type/-Disposition (robust param parsing)."""
     view = email.message.Message()
     for name in ("content-type", "content-disposition"):
         raw = _raw_header(part, name, hint)
@@ -396,13 +408,13 @@ def _param_view(part: email.message.Message, hint: str | None = None) -> email.m
 def _param(view: email.message.Message, name: str, header: str) -> str:
     try:
         value = view.get_param(name, header=header)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
     if value is None:
         return ""
     try:
         text = email.utils.collapse_rfc2231_value(value, errors="replace")
-    except Exception:  # noqa: BLE001
+    except Exception:
         text = str(value[2] if isinstance(value, tuple) else value)
     return decode_words(_unsurrogate(str(text)))
 
@@ -410,7 +422,7 @@ def _param(view: email.message.Message, name: str, header: str) -> str:
 def _content_type(view: email.message.Message) -> str:
     try:
         ctype = view.get_content_type().lower()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "text/plain"
     if "/" not in ctype:
         return "application/octet-stream"
@@ -420,7 +432,7 @@ def _content_type(view: email.message.Message) -> str:
 def _disposition(view: email.message.Message) -> str:
     try:
         value = view.get_content_disposition()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
     return (value or "").lower()
 
@@ -450,7 +462,7 @@ def _extension(content_type: str) -> str:
         return special[content_type]
     try:
         ext = mimetypes.guess_extension(content_type, strict=False)
-    except Exception:  # noqa: BLE001
+    except Exception:
         ext = None
     return ext or ".bin"
 
@@ -460,7 +472,28 @@ def _extension(content_type: str) -> str:
 
 class _TextExtractor(HTMLParser):
     _BLOCK = frozenset(
-        "p div br tr li h1 h2 h3 h4 h5 h6 table blockquote pre hr dt dd ul ol section".split()
+        [
+            "p",
+            "div",
+            "br",
+            "tr",
+            "li",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "table",
+            "blockquote",
+            "pre",
+            "hr",
+            "dt",
+            "dd",
+            "ul",
+            "ol",
+            "section",
+        ]
     )
     _SKIP = frozenset(("script", "style", "head", "title", "template", "xml"))
 
@@ -493,7 +526,7 @@ def html_to_text(html: str) -> str:
     try:
         parser.feed(html[:5_000_000])
         parser.close()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     text = "".join(parser.parts).replace("\xa0", " ")
     lines = [re.sub(r"[ \t\f\v]+", " ", line).strip() for line in text.splitlines()]
@@ -560,13 +593,13 @@ class _Bodies:
 def _payload_bytes(part: email.message.Message, number: str, shared: _Shared) -> bytes:
     try:
         data = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         data = None
     if isinstance(data, bytes):
         return data
     try:
         raw = part.get_payload()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return b""
     if isinstance(raw, str):
         return raw.encode("utf-8", "surrogateescape")
@@ -579,11 +612,11 @@ def _payload_bytes(part: email.message.Message, number: str, shared: _Shared) ->
 def _serialize(msg: email.message.Message) -> bytes:
     try:
         return msg.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     try:
         return msg.as_string(policy=email.policy.compat32).encode("utf-8", "surrogateescape")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return b""
 
 
@@ -599,7 +632,7 @@ def _recover_parts(raw: str, view: email.message.Message) -> list[email.message.
     candidates: list[str] = []
     try:
         declared = view.get_boundary()
-    except Exception:  # noqa: BLE001
+    except Exception:
         declared = None
     if declared:
         candidates.append(str(declared).strip())
@@ -624,7 +657,7 @@ def _recover_parts(raw: str, view: email.message.Message) -> list[email.message.
             data = (head + raw).encode("utf-8", "surrogateescape")
             sub = email.message_from_bytes(data, policy=email.policy.default)
             children = sub.get_payload()
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         if isinstance(children, list) and children:
             return [c for c in children if isinstance(c, email.message.Message)]
@@ -647,7 +680,7 @@ def _charset_hint(msg: email.message.Message) -> str | None:
                     "us-ascii",
                 ):
                     return label
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return None
 
@@ -689,7 +722,9 @@ class _Walker:
         data = _payload_bytes(part, number, self.shared)
         label = _param(view, "charset", "content-type")
         if not label and _content_type(view) == "text/html" and not data.isascii():
-            sniff = re.search(rb"<meta[^>]{0,200}charset=[\"']?([A-Za-z0-9_\-:.]+)", data[:4096], re.I)
+            sniff = re.search(
+                rb"<meta[^>]{0,200}charset=[\"']?([A-Za-z0-9_\-:.]+)", data[:4096], re.I
+            )
             if sniff:
                 label = sniff.group(1).decode("ascii", "replace")
         decoded = mime_charsets.decode(data, label)
@@ -724,7 +759,7 @@ class _Walker:
     ) -> None:
         try:
             payload: Any = part.get_payload()
-        except Exception:  # noqa: BLE001
+        except Exception:
             payload = None
         where = "The message" if not number and depth == 0 else f"Part {number}"
         if not isinstance(payload, list):
@@ -739,7 +774,9 @@ class _Walker:
             )
             payload = recovered
         if depth >= MAX_MULTIPART_DEPTH:
-            self.shared.notices.append(f"Part {number or '1'} is nested too deeply; its contents were skipped.")
+            self.shared.notices.append(
+                f"Part {number or '1'} is nested too deeply; its contents were skipped."
+            )
             return
         prefix = f"{number}." if number else ""
         if ctype == "multipart/alternative":
@@ -773,7 +810,7 @@ class _Walker:
     ) -> None:
         try:
             payload: Any = part.get_payload()
-        except Exception:  # noqa: BLE001
+        except Exception:
             payload = None
         inner = payload[0] if isinstance(payload, list) and payload else None
         if not isinstance(inner, email.message.Message):
@@ -871,7 +908,7 @@ class _Walker:
                 "it is kept as an attachment."
             )
             return False
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.shared.notices.append(
                 f"Part {number or '1'} is a winmail.dat (TNEF) file that could not be unpacked; "
                 "it is kept as an attachment."
@@ -880,7 +917,9 @@ class _Walker:
         if not content.files and not content.text and not content.html:
             return False
         for index, item in enumerate(content.files, 1):
-            self.add_attachment(item.filename, _guess_type(item.filename), item.payload, f"{number}.{index}")
+            self.add_attachment(
+                item.filename, _guess_type(item.filename), item.payload, f"{number}.{index}"
+            )
         if content.text:
             bodies.texts.append(_clean_body(content.text))
         if content.html:
@@ -891,7 +930,7 @@ class _Walker:
 def _guess_type(filename: str) -> str:
     try:
         guessed, _ = mimetypes.guess_type(filename, strict=False)
-    except Exception:  # noqa: BLE001
+    except Exception:
         guessed = None
     return (guessed or "application/octet-stream").lower()
 
@@ -915,7 +954,7 @@ def _finish_attachments(shared: _Shared, html: str) -> tuple[ParsedAttachment, .
             # MHTML: no Content-ID, referenced by URL. Expose the location as the content_id so
             # callers can map it (htmlsafe looks relative/URL img srcs up in cid_urls as well).
             content_id, referenced = location, True
-        if referenced and not att.inline or content_id != att.content_id:
+        if (referenced and not att.inline) or content_id != att.content_id:
             att = ParsedAttachment(att.filename, att.content_type, att.payload, content_id, True)
         result.append(att)
     return tuple(result)
@@ -959,7 +998,7 @@ def _useful_preamble(msg: email.message.Message) -> str:
     """Human text before the first boundary (some DSNs put their only explanation there)."""
     try:
         preamble = msg.preamble or ""
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
     text = _clean_body(_unsurrogate(preamble)).strip()
     lowered = text.lower()
@@ -1034,16 +1073,16 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw message bytes. Never raises, for any input."""
     try:
         data = bytes(raw)
-    except Exception:  # noqa: BLE001
+    except Exception:
         data = b""
     try:
         return _parse(data)
     except RecursionError:
         return _fallback(data, "it is nested too deeply")
-    except Exception as exc:  # noqa: BLE001 - the contract is: never raise
+    except Exception as exc:  # the contract is: never raise
         try:
             return _fallback(data, type(exc).__name__)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return _fallback(b"", type(exc).__name__)
 
 

@@ -156,7 +156,7 @@ def guess(data: bytes) -> str:
             found = resolve(best.encoding)
             if found:
                 return found
-    except Exception:  # noqa: BLE001 - a detector failure must never break parsing
+    except Exception:  # a detector failure must never break parsing
         pass
     return "cp1252"
 
@@ -164,15 +164,15 @@ def guess(data: bytes) -> str:
 def _lenient(data: bytes, codec: str) -> str:
     try:
         return data.decode(codec, "replace")
-    except Exception:  # noqa: BLE001 - e.g. codec state bugs on hostile bytes
+    except Exception:  # e.g. codec state bugs on hostile bytes
         return data.decode("cp1252", "replace")
 
 
 def decode_8bit(data: bytes, hint: str | None = None) -> str:
     """Bytes with no declared charset (raw 8-bit headers).
 
-    UTF-8; else mostly-UTF-8 (a few broken sequences, e.g. a truncated name) with replacements; else the
-    charset hint (the message body's charset), else windows-1252, else latin-1.
+    UTF-8; else mostly-UTF-8 (a few broken sequences, e.g. a truncated name) with replacements;
+    else the charset hint (the message body's charset), else windows-1252, else latin-1.
     """
     try:
         return data.decode("utf-8")
@@ -186,7 +186,7 @@ def decode_8bit(data: bytes, hint: str | None = None) -> str:
     if codec and codec not in ("us-ascii", "utf-8", "utf-7"):
         try:
             return data.decode(codec)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     try:
         return data.decode("cp1252")
@@ -214,22 +214,21 @@ def decode(data: bytes, label: str | None, *, guess_unknown: bool = True) -> Dec
         chosen = guess(data) if guess_unknown else "cp1252"
         text = _lenient(data, chosen)
         shown = (label or "").strip()[:40]
-        problem = (
-            f"declares the unknown charset '{shown}'; decoded as {human(chosen)}"
-            + (" with replacements." if "\ufffd" in text else ".")
+        problem = f"declares the unknown charset '{shown}'; decoded as {human(chosen)}" + (
+            " with replacements." if "\ufffd" in text else "."
         )
         return Decoded(text, chosen, problem)
     try:
         return Decoded(data.decode(codec), codec, "")
     except UnicodeDecodeError:
         pass
-    except Exception:  # noqa: BLE001
+    except Exception:
         return Decoded(data.decode("cp1252", "replace"), "cp1252", "could not be decoded.")
     if codec.startswith("iso2022_jp"):
         for alt in _JIS_FALLBACKS:
             try:
                 return Decoded(data.decode(alt), alt, "")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
     if codec == "utf-8":
         # Mislabelled windows-1252 is far more common than corrupted UTF-8.
@@ -241,13 +240,13 @@ def decode(data: bytes, label: str | None, *, guess_unknown: bool = True) -> Dec
     if codec != "utf-8":
         try:
             text = data.decode("utf-8")
-            return Decoded(text, "utf-8", f"is labelled {human(codec)} but is UTF-8; decoded as UTF-8.")
+            return Decoded(
+                text, "utf-8", f"is labelled {human(codec)} but is UTF-8; decoded as UTF-8."
+            )
         except UnicodeDecodeError:
             pass
     if codec == "cp1252":
         # WHATWG maps the five undefined windows-1252 bytes to C1 controls, as latin-1 does.
         return Decoded(data.decode("latin-1"), "cp1252", "")
     text = _lenient(data, codec)
-    return Decoded(
-        text, codec, f"is not valid {human(codec)}; undecodable bytes were replaced."
-    )
+    return Decoded(text, codec, f"is not valid {human(codec)}; undecodable bytes were replaced.")

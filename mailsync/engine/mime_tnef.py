@@ -1,7 +1,7 @@
 """TNEF (application/ms-tnef, winmail.dat) unpacking for :mod:`mailsync.engine.mime`.
 
-Pure Python, no Django. :func:`unpack` raises :class:`TnefError` on any failure; the caller keeps the
-original winmail.dat as an attachment then.
+Pure Python, no Django. :func:`unpack` raises :class:`TnefError` on any failure; the caller then
+keeps the original winmail.dat as an attachment.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def unpack(data: bytes) -> TnefContent:
         from tnefparse.tnef import TNEF  # untyped third-party module
 
         tnef = TNEF(data, do_checksum=False)
-    except Exception as exc:  # noqa: BLE001 - tnefparse raises many kinds of errors
+    except Exception as exc:  # tnefparse raises many kinds of errors
         raise TnefError(str(exc)) from exc
     files: list[TnefFile] = []
     for att in getattr(tnef, "attachments", []) or []:
         try:
             name = _to_str(att.long_filename()) or _to_str(getattr(att, "_name", b""))
-        except Exception:  # noqa: BLE001
+        except Exception:
             name = ""
         payload = _to_bytes(getattr(att, "data", b""))
         if not payload and not name:
@@ -72,7 +72,7 @@ def unpack(data: bytes) -> TnefContent:
     if not text and not html:
         try:
             rtf = tnef.rtfbody
-        except Exception:  # noqa: BLE001 - compressed_rtf raises on corrupt data
+        except Exception:  # compressed_rtf raises on corrupt data
             rtf = None
         if isinstance(rtf, bytes) and rtf:
             text = rtf_to_text(rtf).strip()

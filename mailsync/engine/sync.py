@@ -106,7 +106,10 @@ def sync_folder(
 
     if cursor.uidvalidity is not None and cursor.uidvalidity != selected.uidvalidity:
         log.warning(
-            "%s: UIDVALIDITY changed %s -> %s", folder_name, cursor.uidvalidity, selected.uidvalidity
+            "%s: UIDVALIDITY changed %s -> %s",
+            folder_name,
+            cursor.uidvalidity,
+            selected.uidvalidity,
         )
         store.reset_uidvalidity(cursor.uidvalidity, selected.uidvalidity)
         report.uidvalidity_reset = True

@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
 from teaminbox.queries import get_mailbox_for, inbox_folder, inbox_messages, mailboxes_for
+from teaminbox.views.types import HtmxHttpRequest
 
 PAGE_SIZE = 50
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: HtmxHttpRequest) -> HttpResponse:
     mailboxes = list(mailboxes_for(request.user))
     if len(mailboxes) == 1:
         return redirect("inbox", mailbox=mailboxes[0].name)
@@ -19,7 +20,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def inbox(request: HttpRequest, mailbox: str) -> HttpResponse:
+def inbox(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     folder = inbox_folder(box, request.GET.get("folder"))
     page = None

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import content_disposition_header
@@ -12,6 +12,7 @@ from teaminbox import services
 from teaminbox.htmlsafe import sanitize_email_html
 from teaminbox.models import Membership
 from teaminbox.queries import get_attachment_for, get_mailbox_for, get_message_for, role_in
+from teaminbox.views.types import HtmxHttpRequest
 
 # Served inline (e.g. cid: images); anything else is a download. No SVG: it can script.
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"}
@@ -21,7 +22,7 @@ BODY_CSP = (
 )
 
 
-def _context(request: HttpRequest, mailbox: Mailbox, message: Message) -> dict[str, object]:
+def _context(request: HtmxHttpRequest, mailbox: Mailbox, message: Message) -> dict[str, object]:
     role = role_in(request.user, mailbox)
     return {
         "mailbox": mailbox,
@@ -34,7 +35,7 @@ def _context(request: HttpRequest, mailbox: Mailbox, message: Message) -> dict[s
 
 
 @login_required
-def message_page(request: HttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+def message_page(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
     attachments = list(message.attachments.filter(inline=False))
@@ -51,14 +52,14 @@ def message_page(request: HttpRequest, mailbox: str, message_id: int) -> HttpRes
 
 
 @login_required
-def message_body(request: HttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+def message_body(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     """The sanitized HTML body, for the sandboxed iframe on the message page."""
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
     cid_urls = {
         a.content_id: reverse(
-            "attachment", kwargs={"mailbox": box.name, "message_id": message.pk,
-                                  "attachment_id": a.pk}
+            "attachment",
+            kwargs={"mailbox": box.name, "message_id": message.pk, "attachment_id": a.pk},
         )
         for a in message.attachments.exclude(content_id="")
     }
@@ -75,7 +76,7 @@ def message_body(request: HttpRequest, mailbox: str, message_id: int) -> HttpRes
 
 @login_required
 def attachment(
-    request: HttpRequest, mailbox: str, message_id: int, attachment_id: int
+    request: HtmxHttpRequest, mailbox: str, message_id: int, attachment_id: int
 ) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     part: Attachment = get_attachment_for(request.user, box, attachment_id)
@@ -98,12 +99,14 @@ def attachment(
 
 @login_required
 @require_POST
-def flag_action(request: HttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+def flag_action(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
     action = request.POST.get("action", "")
     if action not in services.FLAG_ACTIONS:
-        return HttpResponseBadRequest(f"unknown action {action[:40]!r}")
+        return HttpResponseBadRequest(
+            "Unknown action: use read, unread, delete or undelete.", content_type="text/plain"
+        )
     context = _context(request, box, message)
     if not context["can_act"]:
         return HttpResponse("Viewers cannot change messages.", status=403)

@@ -1,4 +1,4 @@
-"""Locate the shared test corpus (../shared/corpus). Missing corpus: fail under CI, skip elsewhere."""
+"""Locate ../shared/corpus. A missing corpus fails under CI=true and skips elsewhere."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def corpus_path() -> Path:
 
 
 def corpus_files() -> list[Path]:
-    """Every *.eml under the MIME corpus, sorted; [] when the corpus is missing (for parametrize)."""
+    """Every *.eml under the MIME corpus, sorted ([] when missing, for parametrize)."""
     path = SHARED / "mime"
     if not path.is_dir():
         return []

@@ -70,7 +70,9 @@ def make_mailbox(db: Any) -> MailboxFactory:
 
 
 @pytest.fixture
-def shared_mailbox(make_mailbox: MailboxFactory, mail_user: MailUser, alice: User, bob: User) -> Any:
+def shared_mailbox(
+    make_mailbox: MailboxFactory, mail_user: MailUser, alice: User, bob: User
+) -> Any:
     """The support mailbox on a fresh Dovecot user: alice is its admin, bob an agent."""
     from teaminbox.models import Membership
 

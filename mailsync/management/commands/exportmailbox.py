@@ -35,8 +35,18 @@ class Command(BaseCommand):
                 )
                 .order_by("uid")
                 .only(
-                    "uid", "uidvalidity", "blob_id", "message_id", "subject", "size",
-                    "seen", "answered", "flagged", "deleted", "draft", "keywords",
+                    "uid",
+                    "uidvalidity",
+                    "blob_id",
+                    "message_id",
+                    "subject",
+                    "size",
+                    "seen",
+                    "answered",
+                    "flagged",
+                    "deleted",
+                    "draft",
+                    "keywords",
                 )
             )
             for message in messages.iterator(chunk_size=1000):

@@ -92,4 +92,3 @@ class _TerminalProgress:
             self._stream.write("\n")
             self._stream.flush()
             self._drawn = False
-

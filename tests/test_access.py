@@ -1,0 +1,122 @@
+"""Who may see what: members see their mailboxes, everyone else gets 404."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from mailsync.models import Attachment, Message
+from mailsync.runner import sync_mailbox
+from tests.support.personas import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+MAIL_WITH_ATTACHMENT = b"""\
+From: Customer <customer@example.org>
+To: support@example.test
+Subject: Invoice attached
+Message-ID: <invoice-1@example.org>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b1"
+
+--b1
+Content-Type: text/plain; charset=utf-8
+
+See attachment.
+--b1
+Content-Type: application/pdf; name="invoice.pdf"
+Content-Disposition: attachment; filename="invoice.pdf"
+Content-Transfer-Encoding: base64
+
+JVBERi0xLjQK
+--b1--
+"""
+
+
+def client_for(user) -> Client:
+    client = Client()
+    assert client.login(username=user.username, password=PASSWORD)
+    return client
+
+
+@pytest.fixture
+def synced_message(shared_mailbox, mail_user):
+    mail_user.append(MAIL_WITH_ATTACHMENT)
+    sync_mailbox(shared_mailbox)
+    return Message.objects.get()
+
+
+def urls_of(message: Message) -> dict[str, str]:
+    mailbox = message.folder.mailbox.name
+    attachment = Attachment.objects.get(message=message, filename="invoice.pdf")
+    return {
+        "inbox": reverse("inbox", kwargs={"mailbox": mailbox}),
+        "message": reverse("message", kwargs={"mailbox": mailbox, "message_id": message.pk}),
+        "body": reverse("message_body", kwargs={"mailbox": mailbox, "message_id": message.pk}),
+        "attachment": reverse(
+            "attachment",
+            kwargs={"mailbox": mailbox, "message_id": message.pk, "attachment_id": attachment.pk},
+        ),
+    }
+
+
+def test_it_shows_members_the_list_the_message_and_the_attachment(synced_message, bob):
+    client = client_for(bob)
+    urls = urls_of(synced_message)
+
+    assert b"Invoice attached" in client.get(urls["inbox"]).content
+    assert b"See attachment." in client.get(urls["message"]).content
+    download = client.get(urls["attachment"])
+    assert download.status_code == 200
+    assert download.content == b"%PDF-1.4\n"
+    assert "attachment" in download["Content-Disposition"]
+
+
+def test_it_answers_404_to_a_non_member_everywhere(synced_message, charlie):
+    client = client_for(charlie)
+    urls = urls_of(synced_message)
+
+    for name, url in urls.items():
+        assert client.get(url).status_code == 404, name
+    flag_url = reverse(
+        "flag_action",
+        kwargs={"mailbox": synced_message.folder.mailbox.name, "message_id": synced_message.pk},
+    )
+    assert client.post(flag_url, {"action": "read"}).status_code == 404
+    synced_message.refresh_from_db()
+    assert not synced_message.seen
+    assert not synced_message.flag_changes.exists()
+
+
+def test_it_sends_anonymous_visitors_to_the_login_page(synced_message):
+    response = Client().get(urls_of(synced_message)["inbox"])
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_it_refuses_flag_changes_from_a_viewer(synced_message, charlie):
+    from teaminbox.models import Membership
+
+    Membership.objects.create(
+        user=charlie, mailbox=synced_message.folder.mailbox, role=Membership.Role.VIEWER
+    )
+    client = client_for(charlie)
+    flag_url = reverse(
+        "flag_action",
+        kwargs={"mailbox": synced_message.folder.mailbox.name, "message_id": synced_message.pk},
+    )
+
+    assert client.get(urls_of(synced_message)["message"]).status_code == 200
+    assert client.post(flag_url, {"action": "read"}).status_code == 403
+    assert not synced_message.flag_changes.exists()
+
+
+def test_it_rejects_an_unknown_flag_action(synced_message, bob):
+    flag_url = reverse(
+        "flag_action",
+        kwargs={"mailbox": synced_message.folder.mailbox.name, "message_id": synced_message.pk},
+    )
+    response = client_for(bob).post(flag_url, {"action": "<script>"})
+    assert response.status_code == 400
+    assert b"<script>" not in response.content

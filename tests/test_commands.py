@@ -1,0 +1,101 @@
+"""The admin command line, run as real child processes against the test database."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from mailsync.models import Mailbox
+from teaminbox.models import Membership
+from tests.support.mirror import comparable, parse_export, server_state
+from tests.test_sync import make_mail
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def url_for(user, password: str | None = None) -> str:
+    from urllib.parse import quote
+
+    secret = f":{quote(password, safe='')}" if password is not None else ""
+    return f"imap://{quote(user.address, safe='')}{secret}@127.0.0.1:{user.server.imap_port}"
+
+
+def test_it_adds_syncs_and_exports_exactly_what_the_server_has(manage, mail_user, bob):
+    mail_user.append(make_mail("One"), flags=["\\Seen"])
+    mail_user.append(make_mail("Two"), flags=["\\Flagged", "$Forwarded"])
+    mail_user.append(make_mail("Filed"), folder="Archive")
+    deleted = mail_user.append(make_mail("Marked deleted"))
+    mail_user.add_flags([deleted], ["\\Deleted"])
+
+    added = manage(
+        "addmailbox",
+        "support",
+        "--url",
+        url_for(mail_user),
+        "--folders",
+        "INBOX,Archive",
+        "--members",
+        "bob",
+        env={"MAILBOX_PASSWORD": mail_user.password},
+    )
+    assert added.returncode == 0, added.stderr
+    assert "added mailbox support" in added.stdout
+    synced = manage("syncmailbox", "support", "--once")
+    assert synced.returncode == 0, synced.stderr
+    exported = manage("exportmailbox", "support")
+    assert exported.returncode == 0, exported.stderr
+
+    rows = parse_export(exported.stdout)
+    assert comparable(rows) == comparable(server_state(mail_user, ["Archive", "INBOX"]))
+    assert {r["subject"] for r in rows} == {"One", "Two", "Filed", "Marked deleted"}
+    assert all(
+        set(r)
+        == {"folder", "uidvalidity", "uid", "flags", "sha256", "message_id", "subject", "size"}
+        for r in rows
+    )
+    mailbox = Mailbox.objects.get(name="support")
+    assert mailbox.password_encrypted and mail_user.password not in mailbox.password_encrypted
+    assert Membership.objects.filter(mailbox=mailbox, user=bob).exists()
+
+
+def test_it_fails_in_one_line_on_a_wrong_password(manage, mail_user):
+    manage("addmailbox", "support", "--url", url_for(mail_user, "not-the-password"))
+
+    synced = manage("syncmailbox", "support", "--once")
+
+    assert synced.returncode != 0
+    lines = synced.stderr.strip().splitlines()
+    assert len(lines) == 1, synced.stderr
+    assert "login refused" in lines[0]
+    assert "Traceback" not in synced.stderr
+
+
+def test_it_fails_in_one_line_when_the_server_is_unreachable(manage):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    manage("addmailbox", "support", "--url", f"imap://someone:pw@127.0.0.1:{port}")
+
+    synced = manage("syncmailbox", "support", "--once")
+
+    assert synced.returncode != 0
+    lines = synced.stderr.strip().splitlines()
+    assert len(lines) == 1, synced.stderr
+    assert "connection refused" in lines[0]
+
+
+def test_it_refuses_a_plaintext_url_to_a_remote_host(manage):
+    added = manage("addmailbox", "support", "--url", "imap://someone:pw@mail.example.org:143")
+
+    assert added.returncode != 0
+    assert "plaintext" in added.stderr
+    assert not Mailbox.objects.filter(name="support").exists()
+
+
+def test_it_explains_a_malformed_url(manage):
+    added = manage("addmailbox", "support", "--url", "http://someone:pw@localhost")
+
+    assert added.returncode != 0
+    assert "unsupported scheme" in added.stderr
+    assert "Traceback" not in added.stderr

@@ -1,0 +1,88 @@
+"""A real Celery worker process on Redis, against the test database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+
+from mailsync.engine.flags import FLAGGED
+from mailsync.models import FlagChange, Message
+from mailsync.runner import sync_mailbox
+from teaminbox.services import set_flag
+from tests.support.paths import PROJECT_ROOT
+from tests.support.personas import child_database_url
+from tests.test_sync import make_mail
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def worker():
+    if not settings.REDIS_URL:
+        pytest.skip("REDIS_URL is not set: the worker test needs Redis as its broker")
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()  # no tasks left from earlier runs
+    env = {**os.environ, "DATABASE_URL": child_database_url()}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "teaminbox",
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield process
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    if "Traceback" in output:
+        print(output)
+
+
+def wait_for(check, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_it_pushes_a_flag_change_through_a_real_worker(worker, shared_mailbox, mail_user, bob):
+    uid = mail_user.append(make_mail("Worker please flag me"))
+    sync_mailbox(shared_mailbox)
+    message = Message.objects.get(uid=uid)
+
+    change = set_flag(message=message, flag=FLAGGED, on=True, actor=bob)
+
+    wait_for(lambda: "\\Flagged" in mail_user.flags()[uid], timeout=60, what="\\Flagged on Dovecot")
+    assert worker.poll() is None, "the worker died"
+    change.refresh_from_db()
+    wait_for(
+        lambda: FlagChange.objects.get(pk=change.pk).state == FlagChange.State.DONE,
+        timeout=10,
+        what="the outbox row to be marked done",
+    )
