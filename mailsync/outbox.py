@@ -29,7 +29,7 @@ STALE_CLAIM = timedelta(minutes=2)
 class PushReport:
     sent: int = 0
     superseded: int = 0
-    cancelled: int = 0
+    deferred: int = 0
 
 
 def claim_flag_changes(folder: Folder) -> list[FlagChange]:
@@ -61,17 +61,13 @@ def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushR
     selected = imap.selected
     if selected is None or selected.name != folder.name:
         selected = imap.select(folder.name)
-    now = timezone.now()
-
+    # Aimed at an older numbering: the folder sync will move the change to the message's
+    # new UID (matched by content) or cancel it. Until then it is never sent anywhere.
     wrong_location = [c for c in changes if c.uidvalidity != selected.uidvalidity]
     if wrong_location:
         FlagChange.objects.filter(pk__in=[c.pk for c in wrong_location]).update(
-            state=FlagChange.State.CANCELLED,
-            done_at=now,
-            last_error=(
-                f"the server renumbered the folder (UIDVALIDITY now {selected.uidvalidity}); "
-                "the change was not applied"
-            ),
+            state=FlagChange.State.PENDING,
+            last_error=f"waiting: the folder was renumbered (UIDVALIDITY {selected.uidvalidity})",
         )
     # The latest action on (message, flag) wins; earlier ones need not be sent.
     latest: dict[tuple[int, str], FlagChange] = {}
@@ -106,7 +102,7 @@ def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushR
             done_at=timezone.now(),
             last_error="the server does not store keywords in this folder; kept in the app only",
         )
-    return PushReport(sent=len(sent), superseded=len(superseded), cancelled=len(wrong_location))
+    return PushReport(sent=len(sent), superseded=len(superseded), deferred=len(wrong_location))
 
 
 def release_stale_claims() -> int:

@@ -42,7 +42,11 @@ def open_session(mailbox: Mailbox) -> ImapSession:
         account = mailbox.account()
     except CredentialError as exc:
         raise ConfigurationError(str(exc)) from exc
-    return ImapSession.connect(account, timeout=settings.IMAP_TIMEOUT_SECONDS)
+    return ImapSession.connect(
+        account,
+        timeout=settings.IMAP_TIMEOUT_SECONDS,
+        ignore_capabilities=settings.IMAP_IGNORE_CAPABILITIES,
+    )
 
 
 def sync_mailbox(
@@ -113,10 +117,14 @@ def sync_one_folder(
             batch_messages=settings.SYNC_BATCH_MESSAGES, batch_bytes=settings.SYNC_BATCH_BYTES
         )
         try:
-            return sync_folder(imap, store, folder.name, limits=limits)
+            report = sync_folder(imap, store, folder.name, limits=limits)
         except MailError as exc:
             Folder.objects.filter(pk=folder.pk).update(last_error=str(exc)[:2000])
             raise
+        if report.uidvalidity_reset:
+            # changes that waited for the renumbering now name their message's new UID
+            push_flag_changes(imap, folder)
+        return report
 
 
 def sync_folder_by_id(folder_id: int) -> SyncReport | None:

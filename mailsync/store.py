@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from mailsync.engine.flags import split_flags
@@ -59,14 +59,19 @@ class DjangoFolderStore:
             highestmodseq_done=self.folder.highestmodseq_done,
         )
 
-    def known_uids(self, uidvalidity: int) -> list[int]:
-        return list(
-            Message.objects.filter(
-                folder=self.folder, uidvalidity=uidvalidity, expunged_at__isnull=True
-            )
-            .order_by("uid")
-            .values_list("uid", flat=True)
+    def _live(self, uidvalidity: int) -> QuerySet[Message]:
+        return Message.objects.filter(
+            folder=self.folder, uidvalidity=uidvalidity, expunged_at__isnull=True
         )
+
+    def known_uids(self, uidvalidity: int, *, from_uid: int = 1) -> list[int]:
+        rows = self._live(uidvalidity)
+        if from_uid > 1:
+            rows = rows.filter(uid__gte=from_uid)
+        return list(rows.order_by("uid").values_list("uid", flat=True))
+
+    def known_count(self, uidvalidity: int) -> int:
+        return self._live(uidvalidity).count()
 
     def save_messages(self, uidvalidity: int, messages: Sequence[FetchedMessage]) -> int:
         if not messages:
@@ -81,9 +86,40 @@ class DjangoFolderStore:
             for fetched in messages:
                 if fetched.uid in existing:
                     continue
-                self._create_message(uidvalidity, fetched)
-                created += 1
+                if not self._remap_by_content(uidvalidity, fetched):
+                    self._create_message(uidvalidity, fetched)
+                    created += 1
         return created
+
+    def _remap_by_content(self, uidvalidity: int, fetched: FetchedMessage) -> bool:
+        """After a UIDVALIDITY change, the row that held these exact bytes under the old
+        numbering moves to its new UID: same row, same conversation, same history, and its
+        pending changes follow it. Content (sha256) is the only safe key; Message-ID can be
+        missing or repeated."""
+        digest = hashlib.sha256(fetched.raw).hexdigest()
+        old = (
+            Message.objects.filter(folder=self.folder, blob_id=digest, expunged_at__isnull=True)
+            .exclude(uidvalidity=uidvalidity)
+            .order_by("uid")
+            .first()
+        )
+        if old is None:
+            return False
+        old_location = (old.uidvalidity, old.uid)
+        FlagChange.objects.filter(
+            message=old, state__in=OPEN_CHANGE_STATES, uidvalidity=old.uidvalidity
+        ).update(uidvalidity=uidvalidity, uid=fetched.uid)
+        old.uidvalidity = uidvalidity
+        old.uid = fetched.uid
+        old.modseq = fetched.modseq
+        old.save(update_fields=["uidvalidity", "uid", "modseq"])
+        self.apply_flags(
+            uidvalidity,
+            {fetched.uid: FlagState(uid=fetched.uid, flags=fetched.flags, modseq=fetched.modseq)},
+            timezone.now(),
+        )
+        log.info("%s: uid %s/%s is now %s/%s", self.folder, *old_location, uidvalidity, fetched.uid)
+        return True
 
     def _create_message(self, uidvalidity: int, fetched: FetchedMessage) -> Message:
         blob = store_blob(fetched.raw)
@@ -247,18 +283,7 @@ class DjangoFolderStore:
         return len(rows)
 
     def reset_uidvalidity(self, old: int, new: int) -> None:
-        now = timezone.now()
         with transaction.atomic():
-            Message.objects.filter(
-                folder=self.folder, uidvalidity=old, expunged_at__isnull=True
-            ).update(expunged_at=now)
-            # A change aimed at an old UID must never land on whatever has that UID now.
-            FlagChange.objects.filter(
-                folder=self.folder, uidvalidity=old, state__in=OPEN_CHANGE_STATES
-            ).update(
-                state=FlagChange.State.CANCELLED,
-                last_error=f"the server renumbered the folder (UIDVALIDITY {old} -> {new})",
-            )
             Activity.objects.create(
                 mailbox_id=self.folder.mailbox_id,
                 source=Activity.Source.SERVER,
@@ -268,6 +293,32 @@ class DjangoFolderStore:
             Folder.objects.filter(pk=self.folder.pk).update(
                 uidvalidity=new, uidnext_done=1, highestmodseq_done=None
             )
+
+    def retire_old_uidvalidities(self, current: int) -> int:
+        stale = Message.objects.filter(folder=self.folder, expunged_at__isnull=True).exclude(
+            uidvalidity=current
+        )
+        if not stale.exists():
+            return 0
+        with transaction.atomic():
+            # A change aimed at an old UID must never land on whatever has that UID now.
+            FlagChange.objects.filter(folder=self.folder, state__in=OPEN_CHANGE_STATES).exclude(
+                uidvalidity=current
+            ).update(
+                state=FlagChange.State.CANCELLED,
+                done_at=timezone.now(),
+                last_error=(
+                    "the server renumbered the folder and this message is no longer in it; "
+                    "the change was not applied"
+                ),
+            )
+            uids = list(stale.values_list("uidvalidity", "uid"))
+            retired = 0
+            for uidvalidity in {u for u, _ in uids}:
+                retired += self.mark_expunged(
+                    uidvalidity, [uid for u, uid in uids if u == uidvalidity]
+                )
+            return retired
 
     def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
         letter, created = DeadLetter.objects.get_or_create(

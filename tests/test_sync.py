@@ -141,21 +141,60 @@ def test_it_keeps_local_intent_while_the_push_is_pending(shared_mailbox, mail_us
     assert "\\Seen" in mail_user.flags()[uid]
 
 
-def test_it_never_applies_a_pending_change_after_the_folder_was_renumbered(
-    shared_mailbox, mail_user, bob
+def test_it_moves_a_pending_change_to_the_right_message_after_renumbering(
+    make_mailbox, mail_user, bob
 ):
-    uid = mail_user.append(make_mail("Renumbered"))
-    sync_mailbox(shared_mailbox)
-    message = Message.objects.get(uid=uid)
-    change = set_flag(message=message, flag=SEEN, on=True, actor=bob)
-    mail_user.set_uidvalidity(mail_user.uidvalidity() + 100)
+    mailbox = make_mailbox(mail_user, folders=["Cases"])
+    mail_user.create_folder("Cases")
+    first = make_mail("First case")
+    second = make_mail("Second case")
+    third = make_mail("Third case")
+    mail_user.append(first, folder="Cases")
+    second_uid = mail_user.append(second, folder="Cases")
+    sync_mailbox(mailbox)
+    target = Message.objects.get(uid=second_uid)
+    conversation_id = target.conversation_id
+    change = set_flag(message=target, flag=SEEN, on=True, actor=bob)
+    # Another client recreates the folder: the second message now has UID 1, and UID 2
+    # belongs to a message the person never saw.
+    with mail_user.imap() as client:
+        client.delete_folder("Cases")
+    mail_user.create_folder("Cases")
+    mail_user.set_uidvalidity(mail_user.uidvalidity("Cases") + 1000, folder="Cases")
+    new_second_uid = mail_user.append(second, folder="Cases")
+    third_uid = mail_user.append(third, folder="Cases")
 
-    sync_mailbox(shared_mailbox)
+    result = sync_mailbox(mailbox)
 
+    assert result.reports[0].uidvalidity_reset
+    flags = mail_user.flags("Cases")
+    assert "\\Seen" in flags[new_second_uid]
+    assert "\\Seen" not in flags[third_uid]
+    target.refresh_from_db()
+    assert (target.uid, target.expunged_at, target.conversation_id) == (
+        new_second_uid,
+        None,
+        conversation_id,
+    )
+    assert target.activities.filter(verb="flag_added").exists()  # history kept
     change.refresh_from_db()
-    assert change.state == FlagChange.State.CANCELLED
-    assert "UIDVALIDITY" in change.last_error
-    assert "\\Seen" not in mail_user.flags()[uid]
+    assert change.state == FlagChange.State.DONE
+    assert Message.objects.get(subject="First case").expunged_at is not None
+    assert comparable(app_state(mailbox)) == comparable(server_state(mail_user, ["Cases"]))
+
+
+def test_it_remaps_by_content_when_only_uidvalidity_changes(shared_mailbox, mail_user):
+    uids = [mail_user.append(make_mail(f"Stable {n}")) for n in range(3)]
+    sync_mailbox(shared_mailbox)
+    ids = sorted(Message.objects.values_list("id", flat=True))
+    mail_user.set_uidvalidity(mail_user.uidvalidity() + 7)
+
+    sync_mailbox(shared_mailbox)
+
+    assert (
+        sorted(Message.objects.filter(expunged_at__isnull=True).values_list("id", flat=True)) == ids
+    )
+    assert Message.objects.count() == len(uids)
     assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
 
 

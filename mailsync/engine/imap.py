@@ -11,7 +11,7 @@ import contextlib
 import imaplib
 import socket
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -278,6 +278,42 @@ class ImapSession:
                 result[uid] = _flag_state(uid, data)
         return result
 
+    def fetch_changes(
+        self, below_uid: int, *, changedsince: int, vanished: bool
+    ) -> tuple[dict[int, FlagState], list[int]]:
+        """Flags changed since a modseq for UIDs below ``below_uid`` (CONDSTORE), and with
+        QRESYNC also the UIDs expunged since then (``VANISHED (EARLIER)``, RFC 7162 §3.2.6).
+
+        Never called with modseq 0: ``CHANGEDSINCE 0`` confuses some servers
+        (modern-email/defects #29).
+        """
+        if below_uid <= 1:
+            return {}, []
+        if changedsince <= 0:
+            raise ValueError("CHANGEDSINCE needs a positive modseq")
+        imap = self._client._imap
+        imap.untagged_responses.pop("VANISHED", None)
+        modifiers = f"CHANGEDSINCE {changedsince}" + (" VANISHED" if vanished else "")
+        answer = self._uid_fetch(
+            f"1:{below_uid - 1}",
+            ["UID", "FLAGS", "MODSEQ"],
+            modifiers=modifiers,
+            accept=lambda uid: uid < below_uid,
+        )
+        gone: list[int] = []
+        for line in imap.untagged_responses.pop("VANISHED", None) or []:
+            text = _text(line).strip()
+            if text.upper().startswith("(EARLIER)"):
+                text = text[len("(EARLIER)") :].strip()
+            gone.extend(uid for uid in parse_uid_set(text) if uid < below_uid)
+        changes = {uid: _flag_state(uid, data) for uid, data in answer.items()}
+        return changes, sorted(set(gone))
+
+    def all_uids(self) -> list[int]:
+        """Every UID in the selected folder (``UID SEARCH ALL``: UIDs only, no flags)."""
+        with self._guard("UID SEARCH"):
+            return sorted(int(uid) for uid in self._client.search(["ALL"]))
+
     def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE per UID; a UID missing from the answer was expunged meanwhile."""
         sizes: dict[int, int] = {}
@@ -329,19 +365,36 @@ class ImapSession:
 
     # -- internals -----------------------------------------------------------------
 
-    def _uid_fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
+    def _uid_fetch(
+        self,
+        uids: list[int] | str,
+        items: list[str],
+        *,
+        modifiers: str = "",
+        accept: Callable[[int], bool] | None = None,
+    ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH that keeps only responses carrying a UID we asked for.
 
         imapclient keys responses without a UID by sequence number, so an unsolicited
         ``* 3 FETCH (FLAGS ...)`` overwrote the answer for UID 3 (IMAP-NOTES §3). Here a
         response without UID is dropped: it is only a hint, the next sync reads it again.
+        ``uids`` is a list, or a UID set string such as ``"1:500"`` with ``accept`` deciding
+        which answers count.
         """
-        if not uids:
-            return {}
-        wanted = set(uids)
+        if isinstance(uids, list):
+            if not uids:
+                return {}
+            wanted = set(uids)
+            uid_set = _uid_set(uids)
+            accept = wanted.__contains__
+        else:
+            uid_set = uids
         imap = self._client._imap
+        args = ["UID", "FETCH", uid_set, "(" + " ".join(items) + ")"]
+        if modifiers:
+            args.append(f"({modifiers})")
         with self._guard("UID FETCH"):
-            tag = imap._command("UID", "FETCH", _uid_set(uids), "(" + " ".join(items) + ")")
+            tag = imap._command(*args)
             typ, data = imap._command_complete("FETCH", tag)
             if typ != "OK":
                 raise ProtocolError(f"UID FETCH refused: {_text(data[0]) if data else typ}")
@@ -366,7 +419,7 @@ class ImapSession:
             if uid_value is None:
                 continue
             uid = int(uid_value)
-            if uid not in wanted:
+            if accept is not None and not accept(uid):
                 continue
             if b"INTERNALDATE" in pairs:
                 pairs[b"INTERNALDATE"] = _parse_internaldate(pairs[b"INTERNALDATE"])
@@ -391,6 +444,24 @@ class ImapSession:
             raise ProtocolError(f"{what} refused: {text}") from exc
         except OSError as exc:
             raise ServerUnreachable(f"{what}: connection lost ({_describe_os_error(exc)})") from exc
+
+
+def parse_uid_set(text: str) -> list[int]:
+    """``"1:3,7"`` -> [1, 2, 3, 7]. Ranges may be given high:low (RFC 3501 §9)."""
+    uids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition(":")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            continue
+        if first > last:
+            first, last = last, first
+        uids.extend(range(first, last + 1))
+    return uids
 
 
 def _uid_set(uids: Sequence[int]) -> str:

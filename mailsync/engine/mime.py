@@ -1007,9 +1007,37 @@ def _useful_preamble(msg: email.message.Message) -> str:
     return text
 
 
+_MIME_HEADER = re.compile(rb"^content-(?:type|disposition)[ \t]*:", re.I | re.M)
+_HUGE_MIME_HEADER = 8000
+
+
+def _has_huge_mime_header(raw: bytes) -> bool:
+    """True if some Content-Type/-Disposition header (with its folded lines) is huge: the stdlib's
+    policy.default header parser, which the feed parser itself calls, is quadratic on those."""
+    for match in _MIME_HEADER.finditer(raw):
+        pos = match.end()
+        limit = match.start() + _HUGE_MIME_HEADER
+        while True:
+            newline = raw.find(b"\n", pos, limit)
+            if newline < 0:
+                if len(raw) >= limit:
+                    return True  # the header runs past the limit
+                break
+            if newline + 1 >= len(raw) or raw[newline + 1] not in b" \t":
+                break  # the header ends here
+            pos = newline + 1
+    return False
+
+
 def _parse(raw: bytes) -> ParsedMessage:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
     notices: list[str] = []
+    if _has_huge_mime_header(raw):
+        # compat32 splits parameters simply (linear time); every header is then decoded by our own
+        # fallback path, since compat32 returns plain strings.
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        notices.append("The message has an oversized MIME header; it was read in a simpler mode.")
+    else:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
     hint = _charset_hint(msg)
     subject = _unstructured(msg, "subject", notices, hint)
     senders = _addresses(msg, "from", hint)

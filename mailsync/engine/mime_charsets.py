@@ -94,7 +94,7 @@ _REFUSED_CODECS = frozenset(
     }
 )
 
-_JIS_FALLBACKS = ("iso2022_jp_ext", "iso2022_jp_2", "iso2022_jp_3", "cp932")
+_JIS_FALLBACKS = ("iso2022_jp_2", "iso2022_jp_ext", "iso2022_jp_3", "iso2022_jp_2004")
 _NAME_CLEAN = re.compile(r"[^a-z0-9_.:()+\-]")
 HUMAN_NAMES = {"cp1252": "windows-1252", "utf-8": "UTF-8"}
 
@@ -237,7 +237,7 @@ def decode(data: bytes, label: str | None, *, guess_unknown: bool = True) -> Dec
             return Decoded(text, "cp1252", "is labelled UTF-8 but is not; decoded as windows-1252.")
         except UnicodeDecodeError:
             pass
-    if codec != "utf-8":
+    if codec not in ("utf-8", "utf-7") and not codec.startswith("iso2022"):
         try:
             text = data.decode("utf-8")
             return Decoded(

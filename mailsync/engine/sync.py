@@ -54,6 +54,7 @@ class SyncReport:
     vanished_before_fetch: int = 0
     dead_letters: int = 0
     uidvalidity_reset: bool = False
+    skipped: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -62,8 +63,12 @@ class FolderStore(Protocol):
 
     def load_cursor(self) -> FolderCursor: ...
 
-    def known_uids(self, uidvalidity: int) -> list[int]:
-        """UIDs stored under this UIDVALIDITY and not marked expunged."""
+    def known_uids(self, uidvalidity: int, *, from_uid: int = 1) -> list[int]:
+        """UIDs >= from_uid stored under this UIDVALIDITY and not marked expunged."""
+        ...
+
+    def known_count(self, uidvalidity: int) -> int:
+        """How many messages are stored under this UIDVALIDITY and not marked expunged."""
         ...
 
     def save_messages(self, uidvalidity: int, messages: Sequence[FetchedMessage]) -> int:
@@ -80,7 +85,13 @@ class FolderStore(Protocol):
     def mark_expunged(self, uidvalidity: int, uids: Sequence[int]) -> int: ...
 
     def reset_uidvalidity(self, old: int, new: int) -> None:
-        """The server renumbered the folder: old locations are no longer addressable."""
+        """The server renumbered the folder. Old rows stay until the refetch under the new
+        UIDVALIDITY has matched them by content (see ``save_messages``)."""
+        ...
+
+    def retire_old_uidvalidities(self, current: int) -> int:
+        """Rows of an earlier UIDVALIDITY that no new message matched are gone from the
+        server: mark them expunged and cancel changes aimed at them. Returns how many."""
         ...
 
     def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None: ...
@@ -101,9 +112,12 @@ def sync_folder(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> SyncReport:
     report = SyncReport(folder=folder_name)
-    selected = imap.select(folder_name)
     cursor = store.load_cursor()
+    if _nothing_changed(imap, store, folder_name, cursor):
+        report.skipped = True
+        return report
 
+    selected = imap.select(folder_name)
     if cursor.uidvalidity is not None and cursor.uidvalidity != selected.uidvalidity:
         log.warning(
             "%s: UIDVALIDITY changed %s -> %s",
@@ -115,13 +129,15 @@ def sync_folder(
         report.uidvalidity_reset = True
         cursor = FolderCursor(selected.uidvalidity, 1, None)
 
-    known = store.known_uids(selected.uidvalidity)
-    _refresh_known(imap, store, selected, known, report, clock)
-    _fetch_new(imap, store, selected, cursor, set(known), limits, report)
+    new_uids = _new_uids(imap, store, selected, cursor)
+    _refresh_known(imap, store, selected, cursor, len(new_uids), report, clock)
+    _fetch_new(imap, store, selected, new_uids, limits, report)
+    # Runs on every full pass, so a renumbering interrupted by a crash is finished later.
+    report.expunged += store.retire_old_uidvalidities(selected.uidvalidity)
 
     uidnext = selected.uidnext
-    if uidnext <= 0:  # server did not say: everything we saw is done
-        uidnext = max([cursor.uidnext_done - 1, *known], default=0) + 1
+    if uidnext <= 0:  # the server did not say: everything we saw is done
+        uidnext = max([cursor.uidnext_done - 1, *new_uids], default=0) + 1
     store.advance_cursor(
         FolderCursor(
             uidvalidity=selected.uidvalidity,
@@ -132,37 +148,95 @@ def sync_folder(
     return report
 
 
+def _nothing_changed(
+    imap: ImapSession, store: FolderStore, folder_name: str, cursor: FolderCursor
+) -> bool:
+    """The cheap skip: STATUS says nothing moved since the stored cursor.
+
+    Only with CONDSTORE, where any flag change raises HIGHESTMODSEQ; MESSAGES is compared
+    too because a CONDSTORE-only server need not raise it on expunge.
+    """
+    if cursor.uidvalidity is None or not cursor.highestmodseq_done or not imap.has_condstore:
+        return False
+    status = imap.status(folder_name)
+    return (
+        status.uidvalidity == cursor.uidvalidity
+        and status.uidnext == cursor.uidnext_done
+        and status.highestmodseq == cursor.highestmodseq_done
+        and status.messages == store.known_count(cursor.uidvalidity)
+    )
+
+
+def _new_uids(
+    imap: ImapSession, store: FolderStore, selected: SelectedFolder, cursor: FolderCursor
+) -> list[int]:
+    """UIDs at or above the cursor that existed at SELECT and are not stored yet (a crash
+    after a batch committed but before the cursor moved leaves some stored)."""
+    found = imap.uids_from(cursor.uidnext_done)
+    if selected.uidnext > 0:
+        # Only what existed at SELECT: the cursor may not pass the snapshot.
+        found = [uid for uid in found if uid < selected.uidnext]
+    if not found:
+        return []
+    stored = set(store.known_uids(selected.uidvalidity, from_uid=cursor.uidnext_done))
+    return [uid for uid in found if uid not in stored]
+
+
 def _refresh_known(
     imap: ImapSession,
     store: FolderStore,
     selected: SelectedFolder,
-    known: list[int],
+    cursor: FolderCursor,
+    new_count: int,
     report: SyncReport,
     clock: Callable[[], datetime],
 ) -> None:
-    if not known:
+    """Bring flags and expunges of stored messages up to date, the cheapest way the
+    server allows: QRESYNC (changes + VANISHED), CONDSTORE (changes + a count check), or
+    a windowed FLAGS scan of every stored UID (servers with neither, like Microsoft 365)."""
+    if cursor.uidnext_done <= 1:
         return
     observed_at = clock()
+    uidvalidity = selected.uidvalidity
+    since = cursor.highestmodseq_done
+    if since and selected.highestmodseq is not None and imap.has_condstore:
+        if since == selected.highestmodseq and "QRESYNC" in imap.capabilities:
+            return  # QRESYNC servers raise HIGHESTMODSEQ on expunge too: nothing moved
+        qresync = "QRESYNC" in imap.capabilities
+        changes, vanished = imap.fetch_changes(
+            cursor.uidnext_done, changedsince=since, vanished=qresync
+        )
+        report.flag_updates += store.apply_flags(uidvalidity, changes, observed_at)
+        if qresync:
+            if vanished:
+                report.expunged += store.mark_expunged(uidvalidity, vanished)
+            return
+        # CONDSTORE only: if EXISTS adds up, nothing was expunged (IMAP-NOTES §1.6).
+        known_count = store.known_count(uidvalidity)
+        if selected.exists == known_count + new_count:
+            return
+        present = {uid for uid in imap.all_uids() if uid < cursor.uidnext_done}
+        known = store.known_uids(uidvalidity)
+        gone = [uid for uid in known if uid < cursor.uidnext_done and uid not in present]
+        if gone:
+            report.expunged += store.mark_expunged(uidvalidity, gone)
+        return
+    known = store.known_uids(uidvalidity)
     states = imap.fetch_flags(known)
-    report.flag_updates += store.apply_flags(selected.uidvalidity, states, observed_at)
+    report.flag_updates += store.apply_flags(uidvalidity, states, observed_at)
     gone = [uid for uid in known if uid not in states]
     if gone:
-        report.expunged += store.mark_expunged(selected.uidvalidity, gone)
+        report.expunged += store.mark_expunged(uidvalidity, gone)
 
 
 def _fetch_new(
     imap: ImapSession,
     store: FolderStore,
     selected: SelectedFolder,
-    cursor: FolderCursor,
-    known: set[int],
+    candidates: list[int],
     limits: SyncLimits,
     report: SyncReport,
 ) -> None:
-    candidates = [uid for uid in imap.uids_from(cursor.uidnext_done) if uid not in known]
-    if selected.uidnext > 0:
-        # Only what existed at SELECT: the cursor may not pass the snapshot.
-        candidates = [uid for uid in candidates if uid < selected.uidnext]
     if not candidates:
         return
     sizes = imap.fetch_sizes(candidates)

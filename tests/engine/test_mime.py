@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -296,6 +297,21 @@ def test_it_extracts_uuencoded_files_from_text_bodies() -> None:
 )
 def test_it_never_raises_on_hostile_input(raw: bytes) -> None:
     _assert_sane(parse_message(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'Content-Type: text/plain; name="' + b"=?utf-8?q?a?= " * 30_000 + b'"\n\nbody',
+        b"From: " + b"a" * 50_000 + b"@" + b"," * 50_000 + b"\n\nbody",
+        b"To: " + b"=?utf-8?Q?date=3E2017?=\t" * 5_000 + b"\n\nbody",
+    ],
+)
+def test_it_stays_fast_on_pathological_headers(raw: bytes) -> None:
+    started = time.perf_counter()
+    parsed = parse_message(raw)
+    assert time.perf_counter() - started < 3
+    assert parsed.text == "body"
 
 
 def test_it_never_raises_on_random_bytes() -> None:

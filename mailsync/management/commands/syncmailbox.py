@@ -56,6 +56,9 @@ class Command(BaseCommand):
             raise SystemExit(130) from None
         progress.finish()
         for report in result.reports:
+            if report.skipped:
+                self.stdout.write(f"{mailbox.name}/{report.folder}: no change")
+                continue
             self.stdout.write(
                 f"{mailbox.name}/{report.folder}: {report.new_messages} new, "
                 f"{report.flag_updates} flag updates, {report.expunged} expunged"
