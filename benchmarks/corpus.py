@@ -31,27 +31,34 @@ from email.utils import format_datetime
 
 MAILBOX_ADDRESS = "support@example.test"
 
-_FIRST = (
-    "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William Barbara "
-    "Richard Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Nancy Matthew Lisa "
-    "Anthony Betty Mark Sandra Paul Ashley Steven Kimberly Andrew Emily Kenneth Donna "
-    "Joshua Michelle Kevin Carol Brian Amanda Ahmed Fatima Wei Yuki Priya Arjun Olga Ivan "
-    "Sven Ingrid Pieter Anouk Luca Giulia Mateo Sofia Kwame Amara Tomasz Agnieszka"
-).split()
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+_FIRST = _words(
+    "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William "
+    "Barbara Richard Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Nancy Matthew "
+    "Lisa Anthony Betty Mark Sandra Paul Ashley Steven Kimberly Andrew Emily Kenneth "
+    "Donna Joshua Michelle Kevin Carol Brian Amanda Ahmed Fatima Wei Yuki Priya Arjun "
+    "Olga Ivan Sven Ingrid Pieter Anouk Luca Giulia Mateo Sofia Kwame Amara Tomasz "
+    "Agnieszka"
+)
 _FIRST_INTL = ["Jörg", "Zoë", "François", "Łukasz", "Søren", "José", "Çağla", "Björn", "Ana María"]
-_LAST = (
+_LAST = _words(
     "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez "
     "Lopez Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson "
-    "White Harris Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott "
-    "Nguyen Hill Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter "
-    "Okafor Tanaka Kowalski Jansen Rossi Novak Haddad Mensah Petrov Lindqvist Dubois"
-).split()
+    "White Harris Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright "
+    "Scott Nguyen Hill Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell "
+    "Carter Okafor Tanaka Kowalski Jansen Rossi Novak Haddad Mensah Petrov Lindqvist "
+    "Dubois"
+)
 _LAST_INTL = ["Müller", "Ødegaard", "Núñez", "Wójcik", "Strauß", "Gonçalves", "Éluard"]
-_DOMAINS = (
+_DOMAINS = _words(
     "gmail.com outlook.com yahoo.com icloud.com proton.me gmx.de web.de orange.fr "
     "acme-corp.com globex.io initech.net umbrella.co.uk hooli.xyz stark-industries.com "
     "wayne-enterprises.com tyrell.example soylent.example cyberdyne.example"
-).split()
+)
 _MAILERS = (
     "Microsoft Outlook 16.0",
     "Apple Mail (2.3774.300.61.1.2)",
@@ -67,7 +74,7 @@ _LISTS = (
     ("Sentry", "noreply@hooli.xyz", "[hooli] Error:"),
     ("Product News", "news@stark-industries.com", "Product update:"),
 )
-_WORDS = (
+_WORDS = _words(
     "account access order invoice refund payment delivery shipment tracking number "
     "password reset login error issue problem request ticket update status customer "
     "support team please thanks regards hello hi again attached screenshot file report "
@@ -76,16 +83,16 @@ _WORDS = (
     "admin settings option feature bug crash slow page button email address phone call "
     "meeting schedule available confirm confirmed received sent missing wrong correct "
     "product service contract agreement terms policy warranty replacement repair return "
-    "label package warehouse address billing charge card bank transfer receipt credit "
-    "the a an and or but so because when while after before with without from into "
-    "on at by for of to in is are was were be been have has had do does did can could "
-    "would should will may might must not no yes we you they it this that these those "
-    "our your their my his her its there here what which who how why where all any some "
-    "more most less new old first last next same other each every both few many much"
-).split()
+    "label package warehouse address billing charge card bank transfer receipt credit the "
+    "a an and or but so because when while after before with without from into on at by "
+    "for of to in is are was were be been have has had do does did can could would should "
+    "will may might must not no yes we you they it this that these those our your their "
+    "my his her its there here what which who how why where all any some more most less "
+    "new old first last next same other each every both few many much"
+)
 _INTL_SENTENCES = (
     "Merci beaucoup pour votre réponse rapide, c'est très apprécié.",
-    "Vielen Dank für die schnelle Rückmeldung – das Problem besteht weiterhin.",
+    "Vielen Dank für die schnelle Rückmeldung - das Problem besteht weiterhin.",
     "Gracias por la ayuda, ¿podrían enviarme la factura corregida?",
     "Dziękuję, sprawdzę to jutro rano i dam znać.",
     "ありがとうございます。確認してご連絡いたします。",
@@ -261,7 +268,7 @@ class _Generator:
                 topic = " ".join(rng.choices(_WORDS, k=rng.randint(2, 6)))
                 subject = topic[0].upper() + topic[1:]
                 if rng.random() < 0.05:
-                    subject += " – " + rng.choice(("dringend", "urgente", "très urgent", "至急"))
+                    subject += " - " + rng.choice(("dringend", "urgente", "très urgent", "至急"))
                 thread = _Thread(subject=subject, customer=customer)
                 self.threads.append(thread)
                 sender, recipient = customer, _Person("Support", MAILBOX_ADDRESS)
@@ -332,7 +339,13 @@ class _Generator:
         rng = self.rng
         domain = sender.address.split("@")[1]
         relay = f"mail-{rng.choice(('eu', 'us', 'ap'))}{rng.randint(1, 40)}.{domain}"
-        ip = f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        octets = (
+            rng.randint(11, 223),
+            rng.randint(0, 255),
+            rng.randint(0, 255),
+            rng.randint(1, 254),
+        )
+        ip = ".".join(map(str, octets))
         queue = f"{rng.getrandbits(44):011X}"
         received_at = format_datetime(when + timedelta(seconds=rng.randint(1, 20)))
         dkim = base64.b64encode(rng.randbytes(192)).decode()
@@ -375,10 +388,10 @@ class _Generator:
     def _html(self, paragraphs: list[str], greeting: str, sender: _Person) -> bytes:
         rng = self.rng
         parts = [
-            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>"
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><style>'
             "body{font-family:Segoe UI,Helvetica,Arial,sans-serif;font-size:14px;color:#222}"
             "p{margin:0 0 12px 0}.sig{color:#777;font-size:12px}</style></head><body>",
-            f"<div dir=\"ltr\"><p>{greeting}</p>",
+            f'<div dir="ltr"><p>{greeting}</p>',
         ]
         for paragraph in paragraphs:
             if rng.random() < 0.15:

@@ -178,6 +178,8 @@ class Message(models.Model):
     parse_notices = models.JSONField(default=list, blank=True)
     shown_raw = models.BooleanField(default=False)
     has_attachments = models.BooleanField(default=False)
+    # None until bodies and attachments are extracted (list first, text later)
+    extracted_at = models.DateTimeField(null=True, blank=True)
 
     conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"

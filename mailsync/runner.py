@@ -18,6 +18,7 @@ from mailsync.crypto import CredentialError
 from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
 from mailsync.engine.imap import ImapSession
 from mailsync.engine.sync import SyncLimits, SyncProgress, SyncReport, sync_folder
+from mailsync.extract import extract_messages, pending_messages
 from mailsync.leases import FolderBusy, folder_lease, renew_folder_lease
 from mailsync.models import Activity, Folder, Mailbox
 from mailsync.outbox import push_flag_changes
@@ -50,10 +51,14 @@ def open_session(mailbox: Mailbox) -> ImapSession:
 
 
 def sync_mailbox(
-    mailbox: Mailbox, *, on_progress: ProgressCallback | None = None
+    mailbox: Mailbox, *, on_progress: ProgressCallback | None = None, extract: bool = True
 ) -> MailboxSyncResult:
     """Sync every chosen folder. Raises MailError (after recording it) when the server
-    cannot be reached or refuses the login; a missing folder is reported, not fatal."""
+    cannot be reached or refuses the login; a missing folder is reported, not fatal.
+
+    Messages are listed first (envelope, flags, raw bytes); with ``extract`` their bodies
+    and attachments are then extracted here, otherwise the caller arranges it.
+    """
     result = MailboxSyncResult()
     Mailbox.objects.filter(pk=mailbox.pk).update(sync_status=Mailbox.SyncStatus.SYNCING)
     try:
@@ -70,6 +75,8 @@ def sync_mailbox(
     except MailError as exc:
         _record_failure(mailbox, exc)
         raise
+    if extract:
+        extract_messages(list(pending_messages(mailbox).values_list("pk", flat=True)))
     if result.missing_folders:
         missing = ", ".join(result.missing_folders)
         _record_failure(mailbox, FolderMissing(f"not on the server: {missing}"))

@@ -7,19 +7,16 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from mailsync.engine.flags import split_flags
 from mailsync.engine.imap import FetchedMessage, FlagState
-from mailsync.engine.mime import ParsedMessage, parse_message
 from mailsync.engine.sync import FolderCursor, SyncProgress
+from mailsync.ingest import store_new_messages
 from mailsync.models import (
     Activity,
-    Attachment,
-    Blob,
-    Conversation,
     DeadLetter,
     FlagChange,
     Folder,
@@ -29,19 +26,6 @@ from mailsync.models import (
 log = logging.getLogger(__name__)
 
 OPEN_CHANGE_STATES = (FlagChange.State.PENDING, FlagChange.State.SENDING)
-
-
-def store_blob(data: bytes) -> Blob:
-    """Content-addressed: identical bytes are stored once."""
-    digest = hashlib.sha256(data).hexdigest()
-    blob = Blob.objects.filter(sha256=digest).only("sha256").first()
-    if blob is not None:
-        return blob
-    try:
-        with transaction.atomic():
-            return Blob.objects.create(sha256=digest, data=data, size=len(data))
-    except IntegrityError:  # another worker stored the same bytes a moment ago
-        return Blob.objects.only("sha256").get(sha256=digest)
 
 
 class DjangoFolderStore:
@@ -76,26 +60,28 @@ class DjangoFolderStore:
     def save_messages(self, uidvalidity: int, messages: Sequence[FetchedMessage]) -> int:
         if not messages:
             return 0
-        existing = set(
-            Message.objects.filter(
-                folder=self.folder, uidvalidity=uidvalidity, uid__in=[m.uid for m in messages]
-            ).values_list("uid", flat=True)
+        fresh = list(messages)
+        if self._has_rows_of_other_uidvalidity(uidvalidity):
+            with transaction.atomic():
+                fresh = [m for m in fresh if not self._remap_by_content(uidvalidity, m)]
+        return len(store_new_messages(self.folder, uidvalidity, fresh))
+
+    def _has_rows_of_other_uidvalidity(self, uidvalidity: int) -> bool:
+        return (
+            Message.objects.filter(folder=self.folder, expunged_at__isnull=True)
+            .exclude(uidvalidity=uidvalidity)
+            .exists()
         )
-        created = 0
-        with transaction.atomic():
-            for fetched in messages:
-                if fetched.uid in existing:
-                    continue
-                if not self._remap_by_content(uidvalidity, fetched):
-                    self._create_message(uidvalidity, fetched)
-                    created += 1
-        return created
 
     def _remap_by_content(self, uidvalidity: int, fetched: FetchedMessage) -> bool:
         """After a UIDVALIDITY change, the row that held these exact bytes under the old
         numbering moves to its new UID: same row, same conversation, same history, and its
         pending changes follow it. Content (sha256) is the only safe key; Message-ID can be
         missing or repeated."""
+        if Message.objects.filter(
+            folder=self.folder, uidvalidity=uidvalidity, uid=fetched.uid
+        ).exists():
+            return True  # already stored under the new numbering
         digest = hashlib.sha256(fetched.raw).hexdigest()
         old = (
             Message.objects.filter(folder=self.folder, blob_id=digest, expunged_at__isnull=True)
@@ -120,81 +106,6 @@ class DjangoFolderStore:
         )
         log.info("%s: uid %s/%s is now %s/%s", self.folder, *old_location, uidvalidity, fetched.uid)
         return True
-
-    def _create_message(self, uidvalidity: int, fetched: FetchedMessage) -> Message:
-        blob = store_blob(fetched.raw)
-        parsed = _parse_safely(fetched.raw)
-        system, keywords = split_flags(fetched.flags)
-        sender = parsed.sender
-        message = Message(
-            folder=self.folder,
-            uidvalidity=uidvalidity,
-            uid=fetched.uid,
-            blob=blob,
-            size=len(fetched.raw),
-            internaldate=fetched.internaldate,
-            modseq=fetched.modseq,
-            keywords=list(keywords),
-            message_id=_without_nul(parsed.message_id),
-            in_reply_to=_without_nul(parsed.in_reply_to),
-            references=[_without_nul(r) for r in parsed.references],
-            subject=_without_nul(parsed.subject),
-            from_name=_without_nul(sender.name) if sender else "",
-            from_address=_without_nul(sender.address) if sender else "",
-            to_display=_without_nul(", ".join(a.display() for a in parsed.to)),
-            cc_display=_without_nul(", ".join(a.display() for a in parsed.cc)),
-            date=parsed.date or fetched.internaldate,
-            text_body=_without_nul(parsed.text),
-            html_body=_without_nul(parsed.html),
-            parse_notices=[_without_nul(n) for n in parsed.notices],
-            shown_raw=parsed.shown_raw,
-            has_attachments=any(not a.inline for a in parsed.attachments),
-        )
-        for flag, field in Message.FLAG_FIELDS.items():
-            setattr(message, field, flag in system)
-        message.conversation = self._conversation_for(message, blob.sha256)
-        message.save()
-        for position, part in enumerate(parsed.attachments):
-            Attachment.objects.create(
-                message=message,
-                blob=store_blob(part.payload),
-                filename=_without_nul(part.filename)[:255],
-                content_type=part.content_type[:255],
-                content_id=_without_nul(part.content_id)[:255],
-                inline=part.inline,
-                size=len(part.payload),
-                position=position,
-            )
-        return message
-
-    def _conversation_for(self, message: Message, sha256: str) -> Conversation:
-        """Thread by the References/In-Reply-To chain, then by the same message seen
-        elsewhere in the mailbox (another folder, an earlier UIDVALIDITY)."""
-        mailbox_messages = Message.objects.filter(folder__mailbox_id=self.folder.mailbox_id)
-        ids = [i for i in [*message.references, message.in_reply_to, message.message_id] if i]
-        match = None
-        if ids:
-            match = (
-                mailbox_messages.filter(message_id__in=ids, conversation__isnull=False)
-                .order_by("id")
-                .first()
-            )
-        if match is None:
-            match = (
-                mailbox_messages.filter(blob_id=sha256, conversation__isnull=False)
-                .order_by("id")
-                .first()
-            )
-        when = message.date or timezone.now()
-        if match is not None and match.conversation is not None:
-            conversation = match.conversation
-            if conversation.last_message_at is None or conversation.last_message_at < when:
-                conversation.last_message_at = when
-                conversation.save(update_fields=["last_message_at"])
-            return conversation
-        return Conversation.objects.create(
-            mailbox_id=self.folder.mailbox_id, subject=message.subject[:1000], last_message_at=when
-        )
 
     def apply_flags(
         self, uidvalidity: int, states: Mapping[int, FlagState], observed_at: datetime
@@ -341,32 +252,3 @@ class DjangoFolderStore:
     def report_progress(self, progress: SyncProgress) -> None:
         if self._on_progress is not None:
             self._on_progress(progress)
-
-
-def _parse_safely(raw: bytes) -> ParsedMessage:
-    try:
-        return parse_message(raw)
-    except Exception:  # parse_message promises not to raise; a bug there must not lose mail
-        log.exception("parser failed; storing the message unparsed")
-        text = raw.decode("utf-8", "replace")
-        return ParsedMessage(
-            subject="(could not be parsed)",
-            sender=None,
-            to=(),
-            cc=(),
-            reply_to=(),
-            date=None,
-            message_id="",
-            in_reply_to="",
-            references=(),
-            text=text,
-            html="",
-            attachments=(),
-            notices=("This message could not be parsed; it is shown raw.",),
-            shown_raw=True,
-        )
-
-
-def _without_nul(text: str) -> str:
-    # PostgreSQL text cannot hold NUL characters.
-    return text.replace("\x00", "\ufffd")

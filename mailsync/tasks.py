@@ -4,12 +4,14 @@ leases and conditional claims in the database make the work happen once."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
+from django.utils import timezone
 
-from mailsync import outbox, runner
+from mailsync import extract, outbox, runner
 from mailsync.engine.errors import MailError
 from mailsync.leases import FolderBusy
 from mailsync.models import Folder, Mailbox
@@ -33,16 +35,21 @@ def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
     mailbox = Mailbox.objects.filter(pk=mailbox_id, is_active=True).first()
     if mailbox is None or mailbox.protocol != Mailbox.Protocol.IMAP:
         return
+    started = timezone.now()
     try:
-        runner.sync_mailbox(mailbox)
+        runner.sync_mailbox(mailbox, extract=False)
     except MailError as exc:
         _retry_later(self, exc)
+    finally:
+        enqueue_extraction(mailbox, created_since=started)
 
 
 @shared_task(bind=True, name="mailsync.sync_folder", acks_late=True)
 def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
+    started = timezone.now()
     try:
         runner.sync_folder_by_id(folder_id)
+        enqueue_extraction(Folder.objects.get(pk=folder_id).mailbox, created_since=started)
     except FolderBusy:
         log.info("folder %s is already being synced", folder_id)
     except Folder.DoesNotExist:
@@ -59,6 +66,34 @@ def push_flag_changes(self: Task[Any, Any], folder_id: int) -> None:
         return
     except MailError as exc:
         _retry_later(self, exc)
+
+
+@shared_task(name="mailsync.extract_messages", acks_late=True)
+def extract_messages(message_ids: list[int]) -> None:
+    extract.extract_messages(message_ids)
+
+
+def enqueue_extraction(
+    mailbox: Mailbox | None,
+    *,
+    created_since: datetime | None = None,
+    created_before: datetime | None = None,
+) -> None:
+    """A task per batch, so every worker process parses in parallel; newest first."""
+    pending = extract.pending_messages(mailbox)
+    if created_since is not None:
+        pending = pending.filter(created_at__gte=created_since)
+    if created_before is not None:
+        pending = pending.filter(created_at__lt=created_before)
+    ids = list(pending.order_by("-pk").values_list("pk", flat=True))
+    for chunk in extract.chunks(ids):
+        extract_messages.delay(chunk)
+
+
+@shared_task(name="mailsync.sweep_extraction")
+def sweep_extraction() -> None:
+    """Messages whose extraction task was lost (a worker crash, a broker outage)."""
+    enqueue_extraction(None, created_before=timezone.now() - timedelta(minutes=10))
 
 
 @shared_task(name="mailsync.sync_all_mailboxes")

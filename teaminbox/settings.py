@@ -126,6 +126,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "mailsync.sync_all_mailboxes",
         "schedule": timedelta(seconds=SYNC_INTERVAL_SECONDS),
     },
+    "sweep-extraction": {
+        "task": "mailsync.sweep_extraction",
+        "schedule": timedelta(minutes=10),
+    },
     "sweep-flag-outbox": {
         "task": "mailsync.sweep_flag_outbox",
         "schedule": timedelta(seconds=OUTBOX_SWEEP_SECONDS),
@@ -184,6 +188,7 @@ LOGGING = {
 
 # The embedded defaults write under var/ (SQLite, the filesystem broker, the file cache).
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT.mkdir(exist_ok=True)
 for _key in ("data_folder_in", "processed_folder"):
     _folder = CELERY_BROKER_TRANSPORT_OPTIONS.get(_key)
     if isinstance(_folder, str):

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from mailsync.models import Mailbox
+from mailsync.models import Mailbox, Message
 from teaminbox.models import Membership
 from tests.support.mirror import comparable, parse_export, server_state
 from tests.test_sync import make_mail
@@ -57,6 +57,22 @@ def test_it_adds_syncs_and_exports_exactly_what_the_server_has(manage, mail_user
     mailbox = Mailbox.objects.get(name="support")
     assert mailbox.password_encrypted and mail_user.password not in mailbox.password_encrypted
     assert Membership.objects.filter(mailbox=mailbox, user=bob).exists()
+
+
+def test_it_returns_only_when_every_message_is_listed_and_extracted(manage, mail_user):
+    # More than one extraction chunk, so the parallel path (a pool of processes) runs.
+    raws = [make_mail(f"Bulk {n}", body=f"Body number {n}") for n in range(130)]
+    mail_user.deliver_bulk(raws)
+    manage("addmailbox", "support", "--url", url_for(mail_user, mail_user.password))
+
+    synced = manage("syncmailbox", "support", "--once")
+
+    assert synced.returncode == 0, synced.stderr
+    assert "extracted text of 130 messages" in synced.stdout
+    messages = Message.objects.filter(folder__mailbox__name="support")
+    assert messages.count() == 130
+    assert not messages.filter(extracted_at__isnull=True).exists()
+    assert messages.get(subject="Bulk 77").text_body.strip() == "Body number 77"
 
 
 def test_it_fails_in_one_line_on_a_wrong_password(manage, mail_user):

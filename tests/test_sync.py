@@ -155,6 +155,7 @@ def test_it_moves_a_pending_change_to_the_right_message_after_renumbering(
     target = Message.objects.get(uid=second_uid)
     conversation_id = target.conversation_id
     change = set_flag(message=target, flag=SEEN, on=True, actor=bob)
+    assert change is not None
     # Another client recreates the folder: the second message now has UID 1, and UID 2
     # belongs to a message the person never saw.
     with mail_user.imap() as client:

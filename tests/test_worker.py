@@ -77,6 +77,7 @@ def test_it_pushes_a_flag_change_through_a_real_worker(worker, shared_mailbox, m
     message = Message.objects.get(uid=uid)
 
     change = set_flag(message=message, flag=FLAGGED, on=True, actor=bob)
+    assert change is not None
 
     wait_for(lambda: "\\Flagged" in mail_user.flags()[uid], timeout=60, what="\\Flagged on Dovecot")
     assert worker.poll() is None, "the worker died"

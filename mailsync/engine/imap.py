@@ -159,6 +159,14 @@ class ImapSession:
         client.normalise_times = False  # keep INTERNALDATE timezone-aware
         try:
             if account.security == "starttls":
+                # Never fall back to plaintext: no STARTTLS (or a man in the middle that
+                # stripped it) is a permanent TLS failure, and the password stays unsent.
+                if not client.has_capability("STARTTLS"):
+                    _safe_shutdown(client)
+                    raise TlsError(
+                        f"{where}: the server does not offer STARTTLS; "
+                        "refusing to send the password in clear"
+                    )
                 client.starttls(context)
             client.login(account.username, account.password)
         except LoginError as exc:

@@ -24,9 +24,9 @@ import pytest
 # every ORM call in a browser test raises SynchronousOnlyOperation.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.browser import launch_chromium, log_in, new_page, save_screenshot  # noqa: E402
+from tests.browser import launch_chromium, log_in, new_page, save_screenshot
 
 LoggedInPage = Callable[[Any, Any], Page]
 
@@ -56,7 +56,7 @@ def _close(page: Page, name: str) -> None:
     try:
         if not page.is_closed():
             save_screenshot(page, name)
-    except Exception as exc:  # noqa: BLE001 - a screenshot must never hide the test result
+    except Exception as exc:
         print(f"screenshot {name} failed: {exc}")
     finally:
         page.context.close()

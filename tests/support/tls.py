@@ -118,7 +118,11 @@ class RecordingRelay:
 
     def close(self) -> None:
         self._closed = True
+        # close() alone does not wake a thread blocked in accept()/recv() on Linux;
+        # shutdown() does.
         for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
         for thread in self._threads:

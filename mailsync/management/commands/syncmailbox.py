@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand
 
 from mailsync.engine.errors import MailError
 from mailsync.engine.sync import SyncProgress
+from mailsync.extract import extract_pending_in_parallel
 from mailsync.models import Mailbox
 from mailsync.runner import sync_mailbox
 
@@ -46,7 +47,7 @@ class Command(BaseCommand):
     def _sync_once(self, mailbox: Mailbox) -> bool:
         progress = _TerminalProgress(sys.stderr)
         try:
-            result = sync_mailbox(mailbox, on_progress=progress)
+            result = sync_mailbox(mailbox, on_progress=progress, extract=False)
         except MailError as exc:
             progress.finish()
             self._fail(f"{mailbox.name}: {exc}")
@@ -55,6 +56,10 @@ class Command(BaseCommand):
             progress.finish()
             raise SystemExit(130) from None
         progress.finish()
+        # Text later, but before we return: --once exits only when everything is there.
+        extracted = extract_pending_in_parallel(mailbox)
+        if extracted:
+            self.stdout.write(f"{mailbox.name}: extracted text of {extracted} messages")
         for report in result.reports:
             if report.skipped:
                 self.stdout.write(f"{mailbox.name}/{report.folder}: no change")
