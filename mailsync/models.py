@@ -61,6 +61,22 @@ class Mailbox(models.Model):
         max_length=8, choices=DeleteMode.choices, default=DeleteMode.FLAG
     )
     is_active = models.BooleanField(default=True)
+
+    # Outgoing mail (replies from the app) goes through the mailbox's own submission server.
+    smtp_host = models.CharField(max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField(default=587)
+    smtp_security = models.CharField(
+        max_length=10, choices=Security.choices, default=Security.STARTTLS
+    )
+    smtp_username = models.CharField(
+        max_length=320, blank=True, help_text="Empty: the IMAP user name"
+    )
+    smtp_password_encrypted = models.TextField(blank=True, editable=False)
+    server_saves_sent = models.BooleanField(
+        default=False,
+        help_text="The server files sent mail itself (Gmail): do not APPEND to Sent.",
+    )
+
     sync_status = models.CharField(
         max_length=10, choices=SyncStatus.choices, default=SyncStatus.NEW
     )
@@ -79,6 +95,24 @@ class Mailbox(models.Model):
 
     def get_password(self) -> str:
         return decrypt_secret(self.password_encrypted)
+
+    def set_smtp_password(self, password: str) -> None:
+        self.smtp_password_encrypted = encrypt_secret(password) if password else ""
+
+    def smtp_account(self) -> MailAccount:
+        """The submission account; user and password default to the IMAP ones."""
+        return MailAccount(
+            protocol="smtp",
+            security=self.smtp_security,
+            host=self.smtp_host or self.host,
+            port=self.smtp_port,
+            username=self.smtp_username or self.username,
+            password=(
+                decrypt_secret(self.smtp_password_encrypted)
+                if self.smtp_password_encrypted
+                else self.get_password()
+            ),
+        )
 
     def account(self) -> MailAccount:
         return MailAccount(

@@ -20,7 +20,7 @@ SCHEMES: dict[str, tuple[str, str, int]] = {
 
 @dataclass(frozen=True)
 class MailAccount:
-    protocol: str  # "imap" | "pop3"
+    protocol: str  # "imap" | "pop3" | "smtp"
     security: str  # "tls" | "starttls" | "plain"
     host: str
     port: int
