@@ -17,6 +17,12 @@ class MailboxForm(forms.ModelForm[Mailbox]):
         help_text="Stored encrypted; never shown again. Leave empty to keep the current one.",
     )
 
+    smtp_password = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Only when the submission server wants another password than IMAP.",
+    )
+
     class Meta:
         model = Mailbox
         fields = [
@@ -31,6 +37,12 @@ class MailboxForm(forms.ModelForm[Mailbox]):
             "folder_names",
             "delete_mode",
             "is_active",
+            "smtp_host",
+            "smtp_port",
+            "smtp_security",
+            "smtp_username",
+            "smtp_password",
+            "server_saves_sent",
         ]
 
     def clean(self) -> dict[str, Any]:
@@ -43,6 +55,8 @@ class MailboxForm(forms.ModelForm[Mailbox]):
         mailbox = super().save(commit=False)
         if self.cleaned_data.get("password"):
             mailbox.set_password(self.cleaned_data["password"])
+        if self.cleaned_data.get("smtp_password"):
+            mailbox.set_smtp_password(self.cleaned_data["smtp_password"])
         if commit:
             mailbox.save()
         return mailbox
