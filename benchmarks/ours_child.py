@@ -11,8 +11,10 @@ Sequence, all in this one warm process:
 2. initial ``sync_mailbox`` (timed), with a progress callback that, until it passes, checks
    that the newest 50 UIDs are listed -- rows with subject, sender, date and the server's
    flags -- and records when that first held (the check's own time is subtracted);
-3. text extraction: inline in the sync today (so equal to the initial sync); if the runner
-   grows an ``extract_pending`` step, that call is timed on top;
+3. text extraction: when ``sync_mailbox`` takes ``extract=`` (list first, text later), the
+   syncs run with ``extract=False`` as the Celery task does, and the separate step
+   (``mailsync.extract.extract_pending_in_parallel``, else ``runner.extract_pending``) is
+   timed after the initial sync; with neither, parsing is inline and "text" = initial;
 4. no-change resyncs (timed, several, the parent reports the median);
 5. ``await_flags``: the parent, as another IMAP client, flags 10 messages and answers with
    their UIDs; one resync is timed and the flags are checked in the database;
@@ -21,7 +23,9 @@ Sequence, all in this one warm process:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import resource
@@ -29,6 +33,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 _PREFIX = "@@bench "
@@ -62,6 +67,20 @@ def peak_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def find_extraction(runner: Any) -> tuple[Callable[[Any], Any] | None, str]:
+    """The separate text-extraction step, if this version of the engine has one."""
+    extract_module: Any = None
+    with contextlib.suppress(ImportError):
+        from mailsync import extract as extract_module
+    parallel = getattr(extract_module, "extract_pending_in_parallel", None)
+    if parallel is not None:
+        return parallel, "separate step: mailsync.extract.extract_pending_in_parallel(mailbox)"
+    pending = getattr(runner, "extract_pending", None)
+    if pending is not None:
+        return pending, "separate step: mailsync.runner.extract_pending(mailbox)"
+    return None, "inline during the sync (no separate step): equals the initial sync"
+
+
 def main() -> None:
     config = read_command()
     setup_started = time.perf_counter()
@@ -86,8 +105,13 @@ def main() -> None:
     mailbox.set_password(config["password"])
     mailbox.save()
     messages = Message.objects.filter(folder__mailbox=mailbox)
+    # What the Celery task calls: list (envelope, flags, raw) now, extract text separately.
+    sync_kwargs: dict[str, Any] = {}
+    if "extract" in inspect.signature(runner.sync_mailbox).parameters:
+        sync_kwargs["extract"] = False
     emit(
         "ready",
+        sync_kwargs=sync_kwargs,
         setup_s=time.perf_counter() - setup_started,
         hwm_after_setup_kib=vm_hwm_kib(),
         database=connection.vendor,
@@ -148,7 +172,7 @@ def main() -> None:
     # -- 2. initial sync ---------------------------------------------------------------------
     progress = Progress()
     progress.started = time.perf_counter()
-    result = runner.sync_mailbox(mailbox, on_progress=progress)
+    result = runner.sync_mailbox(mailbox, on_progress=progress, **sync_kwargs)
     initial_s = time.perf_counter() - progress.started - progress.check_seconds
     hwm_after_initial = vm_hwm_kib()
     if progress.listed_s is None:  # never held during the sync: check once more now
@@ -176,15 +200,15 @@ def main() -> None:
     )
 
     # -- 3. text extraction ----------------------------------------------------------------
-    extract = getattr(runner, "extract_pending", None)
+    extract, mode = find_extraction(runner)
+    extract_s: float | None = None
     if extract is not None:
         started = time.perf_counter()
         extract(mailbox)
-        extract_s: float | None = time.perf_counter() - started
-        mode = "separate step: runner.extract_pending(mailbox)"
-    else:
-        extract_s = None
-        mode = "inline during the sync (no separate step): equals the initial sync"
+        extract_s = time.perf_counter() - started
+    pending = 0
+    if any(f.name == "extracted_at" for f in Message._meta.get_fields()):
+        pending = messages.filter(extracted_at__isnull=True).count()
     no_text = messages.filter(text_body="", html_body="").count()
     emit(
         "text",
@@ -192,6 +216,8 @@ def main() -> None:
         extract_s=extract_s,
         mode=mode,
         without_text=no_text,
+        pending=pending,
+        hwm_kib=vm_hwm_kib(),
     )
 
     # -- 4. no-change resyncs --------------------------------------------------------------
@@ -199,7 +225,7 @@ def main() -> None:
     changes = []
     for _ in range(int(config.get("nochange_runs", 3))):
         started = time.perf_counter()
-        result = runner.sync_mailbox(mailbox)
+        result = runner.sync_mailbox(mailbox, **sync_kwargs)
         runs.append(time.perf_counter() - started)
         changes.append(
             {
@@ -214,7 +240,7 @@ def main() -> None:
     command = read_command()
     flagged_uids = [int(uid) for uid in command["uids"]]
     started = time.perf_counter()
-    result = runner.sync_mailbox(mailbox)
+    result = runner.sync_mailbox(mailbox, **sync_kwargs)
     flags_s = time.perf_counter() - started
     arrived = messages.filter(uid__in=flagged_uids, flagged=True).count()
     flagged_total = messages.filter(flagged=True).count()

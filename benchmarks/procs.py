@@ -151,3 +151,64 @@ def run_timed(
         peak_rss_kib=peak,
         log_path=log_path,
     )
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (e.g. a multiprocessing pool's workers)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += _children(current)
+    return tree
+
+
+def _rollup_kib(pid: int) -> tuple[int, int]:
+    """(Rss, Pss) of one process, from smaps_rollup; (0, 0) once it is gone."""
+    rss = pss = 0
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+                break
+    return rss, pss
+
+
+class TreeSampler:
+    """Peak memory of a process and its descendants, sampled every ``interval`` seconds:
+    the sum of PSS (shared pages split between the processes that share them, so a forked
+    pool is not counted twice) and, for reference, the plain sum of RSS."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_pss_kib = 0
+        self.peak_rss_sum_kib = 0
+        self.max_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            tree = process_tree(self.pid)
+            rollups = [_rollup_kib(pid) for pid in tree]
+            self.peak_rss_sum_kib = max(self.peak_rss_sum_kib, sum(r for r, _ in rollups))
+            self.peak_pss_kib = max(self.peak_pss_kib, sum(p for _, p in rollups))
+            self.max_processes = max(self.max_processes, sum(1 for r, _ in rollups if r))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

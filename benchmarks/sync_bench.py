@@ -56,7 +56,13 @@ from benchmarks.external import (  # noqa: E402
     SyncTool,
     ensure_installed,
 )
-from benchmarks.procs import kill_all_started, kill_group, register, unregister  # noqa: E402
+from benchmarks.procs import (  # noqa: E402
+    TreeSampler,
+    kill_all_started,
+    kill_group,
+    register,
+    unregister,
+)
 from tests.support.dovecot import DovecotServer, MailUser  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/teaminbox_bench"
@@ -330,6 +336,7 @@ class Child:
             start_new_session=True,
         )
         register(self.process)
+        self.memory = TreeSampler(self.process.pid)
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -371,6 +378,7 @@ class Child:
         return ""
 
     def close(self) -> None:
+        self.memory.stop()
         with contextlib.suppress(Exception):
             assert self.process.stdin is not None
             self.process.stdin.close()
@@ -453,11 +461,17 @@ def bench_ours(
         out["text_mode"] = text["mode"]
         out["text_extract_s"] = text["extract_s"]
         out["without_text"] = text["without_text"]
+        out["text_pending"] = text["pending"]
+        if text["extract_s"] is not None:
+            out["text_mode"] += f" ({text['extract_s']:.2f} s after the initial sync)"
+        if text["pending"]:
+            warnings.append(f"{label}: {text['pending']} messages still pending extraction")
         if text["without_text"]:
             warnings.append(
                 f"{label}: {text['without_text']} messages have no text after extraction"
             )
 
+        say(f"{label}: all text extracted at {text['seconds']:.2f} s ({text['mode']})")
         nochange = child.expect("nochange", resync_timeout(size) * NOCHANGE_RUNS)
         out["nochange_s"] = nochange["seconds"]
         out["nochange_runs"] = nochange["runs"]
@@ -484,8 +498,14 @@ def bench_ours(
         say(f"{label}: 10 flags {flags['seconds']:.3f} s ({flags['arrived']}/10 arrived)")
 
         done = child.expect("done", 60)
-        # VmHWM, not ru_maxrss: the latter keeps the high-water mark of the forked parent.
-        out["peak_rss_mb"] = mb(done["vm_hwm_kib"])
+        # VmHWM, not ru_maxrss (which keeps the forked parent's high-water mark); and when
+        # the extraction runs a process pool, the sampled PSS of the whole tree if larger.
+        child.memory.stop()
+        out["main_process_hwm_mb"] = mb(done["vm_hwm_kib"])
+        out["tree_peak_pss_mb"] = mb(child.memory.peak_pss_kib)
+        out["tree_peak_rss_sum_mb"] = mb(child.memory.peak_rss_sum_kib)
+        out["tree_max_processes"] = child.memory.max_processes
+        out["peak_rss_mb"] = max(out["main_process_hwm_mb"], out["tree_peak_pss_mb"])
         out["ru_maxrss_mb"] = mb(done["ru_maxrss_kib"])
         out["hwm_after_initial_mb"] = mb(initial["hwm_kib"])
         say(f"{label}: peak RSS {out['peak_rss_mb']:.0f} MB")

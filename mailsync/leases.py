@@ -8,6 +8,7 @@ that a crashed worker never released simply expires.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -51,8 +52,13 @@ def release_folder_lease(folder_id: int, token: str) -> None:
 
 
 @contextmanager
-def folder_lease(folder_id: int) -> Iterator[str]:
+def folder_lease(folder_id: int, *, wait: float = 0) -> Iterator[str]:
+    """Hold the folder's lease; with ``wait``, poll for it that many seconds first."""
+    deadline = time.monotonic() + wait
     token = take_folder_lease(folder_id)
+    while token is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        token = take_folder_lease(folder_id)
     if token is None:
         raise FolderBusy(f"folder {folder_id} is being synced by another worker")
     try:

@@ -51,7 +51,11 @@ def open_session(mailbox: Mailbox) -> ImapSession:
 
 
 def sync_mailbox(
-    mailbox: Mailbox, *, on_progress: ProgressCallback | None = None, extract: bool = True
+    mailbox: Mailbox,
+    *,
+    on_progress: ProgressCallback | None = None,
+    extract: bool = True,
+    wait_for_lease: float = 0,
 ) -> MailboxSyncResult:
     """Sync every chosen folder. Raises MailError (after recording it) when the server
     cannot be reached or refuses the login; a missing folder is reported, not fatal.
@@ -67,7 +71,11 @@ def sync_mailbox(
             folders = ensure_folders(imap, mailbox, result)
             for folder in folders:
                 try:
-                    result.reports.append(sync_one_folder(imap, folder, on_progress=on_progress))
+                    result.reports.append(
+                        sync_one_folder(
+                            imap, folder, on_progress=on_progress, wait_for_lease=wait_for_lease
+                        )
+                    )
                 except FolderBusy:
                     result.busy_folders.append(folder.name)
         finally:
@@ -109,9 +117,13 @@ def ensure_folders(imap: ImapSession, mailbox: Mailbox, result: MailboxSyncResul
 
 
 def sync_one_folder(
-    imap: ImapSession, folder: Folder, *, on_progress: ProgressCallback | None = None
+    imap: ImapSession,
+    folder: Folder,
+    *,
+    on_progress: ProgressCallback | None = None,
+    wait_for_lease: float = 0,
 ) -> SyncReport:
-    with folder_lease(folder.pk) as token:
+    with folder_lease(folder.pk, wait=wait_for_lease) as token:
 
         def progress(step: SyncProgress) -> None:
             renew_folder_lease(folder.pk, token)

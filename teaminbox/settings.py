@@ -139,7 +139,8 @@ CELERY_BEAT_SCHEDULE = {
 # Sync tuning
 SYNC_BATCH_MESSAGES = envint("SYNC_BATCH_MESSAGES", 50, minimum=1)
 SYNC_BATCH_BYTES = envint("SYNC_BATCH_BYTES", 20 * 1024 * 1024, minimum=1024)
-SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 600, minimum=10)
+# Renewed after every batch; a crashed worker's lease frees the folder after this long.
+SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 300, minimum=10)
 IMAP_TIMEOUT_SECONDS = envint("IMAP_TIMEOUT_SECONDS", 60, minimum=1)
 # Capabilities to disregard, for a server whose CONDSTORE/QRESYNC is known to be broken.
 IMAP_IGNORE_CAPABILITIES = envlist("IMAP_IGNORE_CAPABILITIES", [])

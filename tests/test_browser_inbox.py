@@ -277,6 +277,7 @@ def test_it_renders_hostile_html_in_a_sandbox_without_running_it_or_loading_remo
     assert frame is not None
     assert frame.evaluate("typeof window.__pwned") == "undefined"
     assert frame.evaluate("document.querySelectorAll('[onerror]').length") == 0
+    assert frame.evaluate("document.querySelectorAll('a[href^=\"javascript:\"]').length") == 0
     leaked = [url for url in requests if not is_loopback_url(url)]
     assert leaked == [], f"requests left the machine: {leaked}"
     body_responses = [url for url in requests if "/body/" in url]

@@ -21,9 +21,7 @@ MODES = {
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_it_picks_up_external_flag_changes_and_expunges(
-    mode, settings, shared_mailbox, mail_user
-):
+def test_it_picks_up_external_flag_changes_and_expunges(mode, settings, shared_mailbox, mail_user):
     settings.IMAP_IGNORE_CAPABILITIES = MODES[mode]
     uids = [mail_user.append(make_mail(f"Message {n}")) for n in range(6)]
     sync_mailbox(shared_mailbox)

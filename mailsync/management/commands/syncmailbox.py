@@ -47,7 +47,14 @@ class Command(BaseCommand):
     def _sync_once(self, mailbox: Mailbox) -> bool:
         progress = _TerminalProgress(sys.stderr)
         try:
-            result = sync_mailbox(mailbox, on_progress=progress, extract=False)
+            # A worker may be syncing the same folder right now: wait for it rather than
+            # return before the app is in step.
+            result = sync_mailbox(
+                mailbox,
+                on_progress=progress,
+                extract=False,
+                wait_for_lease=settings.SYNC_LEASE_SECONDS,
+            )
         except MailError as exc:
             progress.finish()
             self._fail(f"{mailbox.name}: {exc}")
