@@ -58,7 +58,10 @@ class Mailbox(models.Model):
     password_encrypted = models.TextField(blank=True, editable=False)
     folder_names = models.JSONField(default=list, blank=True, help_text="Folders to sync")
     delete_mode = models.CharField(
-        max_length=8, choices=DeleteMode.choices, default=DeleteMode.FLAG
+        max_length=8,
+        choices=DeleteMode.choices,
+        default=DeleteMode.TRASH,
+        help_text="Move to Trash needs a SPECIAL-USE Trash folder; without one, \\Deleted is set.",
     )
     is_active = models.BooleanField(default=True)
 
@@ -218,6 +221,14 @@ class Message(models.Model):
     conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
     )
+    # Delete in "trash" mode: where a pending MOVE takes it (hidden from its folder until
+    # then), and where it came from (so undo can move it back).
+    moving_to = models.ForeignKey(
+        Folder, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    moved_from = models.ForeignKey(
+        Folder, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     expunged_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -293,14 +304,26 @@ class FlagChange(models.Model):
         SENDING = "sending", "Sending"
         DONE = "done", "On the server"
         FAILED = "failed", "Failed"
+        CONFLICT = "conflict", "Conflict"
         CANCELLED = "cancelled", "Cancelled"
+
+    class Kind(models.TextChoices):
+        FLAG = "flag", "Flag"
+        MOVE = "move", "Move"
+        EXPUNGE = "expunge", "Expunge"
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="flag_changes")
     folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="flag_changes")
     uidvalidity = models.BigIntegerField()
     uid = models.BigIntegerField()
-    flag = models.CharField(max_length=128)
-    add = models.BooleanField()
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FLAG)
+    flag = models.CharField(max_length=128, blank=True)
+    add = models.BooleanField(default=True)
+    target_folder = models.ForeignKey(
+        Folder, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    # the modseq of the message as the person saw it (CONDSTORE UNCHANGEDSINCE)
+    base_modseq = models.BigIntegerField(null=True, blank=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -317,8 +340,13 @@ class FlagChange(models.Model):
         indexes = [models.Index(fields=["folder", "state"], name="flagchange_folder_state")]
 
     def __str__(self) -> str:
-        sign = "+" if self.add else "-"
-        return f"{sign}{self.flag} on {self.folder} uid {self.uid} ({self.state})"
+        if self.kind == self.Kind.MOVE:
+            what = f"move to {self.target_folder}"
+        elif self.kind == self.Kind.EXPUNGE:
+            what = "expunge"
+        else:
+            what = ("+" if self.add else "-") + self.flag
+        return f"{what} on {self.folder} uid {self.uid} ({self.state})"
 
 
 class Activity(models.Model):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +22,11 @@ from teaminbox.env import database_from_url, envbool, envint, envlist, envstr, r
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+if os.environ.get("PYTEST_VERSION") and not os.environ.get("TEAMINBOX_VAR_DIR"):
+    # A test run (pytest sets PYTEST_VERSION) gets its own var/: its SQLite files and the
+    # tasks it queues on the filesystem broker never mix with a development instance or
+    # another test run. Child processes started by tests inherit the same directory.
+    os.environ["TEAMINBOX_VAR_DIR"] = tempfile.mkdtemp(prefix="teaminbox-test-var-")
 VAR_DIR = Path(envstr("TEAMINBOX_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = envbool("DEBUG", False)

@@ -15,7 +15,7 @@ from tests.support.dovecot import DovecotFactory, DovecotServer, MailUser, stop_
 from tests.support.paths import CORPUS_MIME_DIR, CORPUS_XSS_DIR, shared_dir_or_skip
 
 # Django fixtures (personas alice/bob/charlie, mailboxes on the test Dovecot, manage.py runs)
-pytest_plugins = ["tests.support.personas"]
+pytest_plugins = ["tests.support.personas", "tests.support.browser_fixtures"]
 
 # --- markers --------------------------------------------------------------------------------
 
@@ -90,3 +90,25 @@ def corpus_dir() -> Path:
 def xss_dir() -> Path:
     """``shared/corpus/xss``: hostile HTML mail for the sanitizer and renderer."""
     return shared_dir_or_skip(CORPUS_XSS_DIR, "the XSS corpus")
+
+
+# --- Django ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: object) -> None:
+    """The default hasher costs ≈0.9 s per hash here; tests log in a lot."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def throwaway_var_dir() -> Iterator[None]:
+    """Remove the per-run var/ that settings.py made for this test run (see there)."""
+    yield
+    from django.conf import settings
+
+    var_dir = Path(settings.VAR_DIR)
+    if var_dir.name.startswith("teaminbox-test-var-") and not os.environ.get(
+        "TEAMINBOX_KEEP_TEST_DIRS"
+    ):
+        shutil.rmtree(var_dir, ignore_errors=True)

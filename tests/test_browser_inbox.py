@@ -145,6 +145,8 @@ def test_it_shows_new_mail_bold_and_writes_read_unread_and_delete_back_to_doveco
     actions = page.locator("#flag-actions")
     expect(actions.get_by_role("button", name="Mark unread")).to_be_visible()
     expect(actions.locator(".badge", has_text="unread")).to_have_count(0)
+    # the history gains the entry in the same swap, without a reload
+    expect(page.locator("#history li", has_text="bob marked it read")).to_be_visible()
     expect(actions.locator(".badge", has_text="read")).to_be_visible()
     expect(actions.locator(".badge", has_text="sending…")).to_be_visible()
     message.refresh_from_db()
@@ -268,7 +270,7 @@ def test_it_renders_hostile_html_in_a_sandbox_without_running_it_or_loading_remo
     body = page.frame_locator("iframe.body-frame").locator("body")
     expect(body.locator("#greeting, p", has_text="Hello from the HTML part.")).to_be_visible()
     expect(body.locator("script")).to_have_count(0)
-    expect(page.get_by_text("Remote images are blocked.")).to_be_visible()
+    expect(page.get_by_text("remote images blocked to protect your privacy")).to_be_visible()
     page.wait_for_load_state("networkidle")
     save_screenshot(page, "screen-message-html")
 

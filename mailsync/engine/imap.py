@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -362,14 +363,95 @@ class ImapSession:
 
     # -- writing -------------------------------------------------------------------
 
-    def store_flags(self, uids: Sequence[int], flags: Sequence[str], *, add: bool) -> None:
-        """``UID STORE +FLAGS.SILENT`` / ``-FLAGS.SILENT``: deltas commute with other clients."""
+    def store_flags(
+        self,
+        uids: Sequence[int],
+        flags: Sequence[str],
+        *,
+        add: bool,
+        unchangedsince: int | None = None,
+    ) -> list[int]:
+        """``UID STORE +FLAGS.SILENT`` / ``-FLAGS.SILENT``: deltas commute with other clients.
+
+        With ``unchangedsince`` (CONDSTORE) the server leaves alone every message whose
+        modseq moved past it and names them in ``[MODIFIED ...]``; those UIDs are returned.
+        imapclient has no UNCHANGEDSINCE, so the command is sent raw (IMAP-NOTES §3).
+        """
+        modified: list[int] = []
+        imap = self._client._imap
+        item = ("+" if add else "-") + "FLAGS.SILENT"
+        flag_list = "(" + " ".join(flags) + ")"
         for window in uid_windows(sorted(uids)):
+            imap.untagged_responses.pop("MODIFIED", None)
             with self._guard("UID STORE"):
-                if add:
-                    self._client.add_flags(window, list(flags), silent=True)
+                if unchangedsince is None or not self.has_condstore:
+                    typ, data = imap.uid("STORE", _uid_set(window), item, flag_list)
                 else:
-                    self._client.remove_flags(window, list(flags), silent=True)
+                    typ, data = imap.uid(
+                        "STORE",
+                        _uid_set(window),
+                        f"(UNCHANGEDSINCE {unchangedsince})",
+                        item,
+                        flag_list,
+                    )
+            if typ != "OK":
+                raise ProtocolError(f"UID STORE refused: {_text(data[0]) if data else typ}")
+            for line in imap.untagged_responses.pop("MODIFIED", None) or []:
+                modified.extend(parse_uid_set(_text(line)))
+            # CONDSTORE servers answer a silent STORE with FETCH (MODSEQ) anyway; drop them
+            imap.untagged_responses.pop("FETCH", None)
+        return sorted(set(modified))
+
+    def move(self, uids: Sequence[int], target: str) -> tuple[int | None, dict[int, int]]:
+        """Move messages to another folder; returns the target's UIDVALIDITY and
+        {old UID: new UID}, both from COPYUID (empty when the server does not say).
+
+        Without MOVE (RFC 6851): COPY, then ``\\Deleted`` and ``UID EXPUNGE`` of exactly
+        these UIDs. Never a bare EXPUNGE: it would purge what another client only marked.
+        """
+        if not uids:
+            return None, {}
+        imap = self._client._imap
+        imap.untagged_responses.pop("COPYUID", None)
+        if "MOVE" in self.capabilities:
+            with self._guard(f"UID MOVE to {target}", folder=target):
+                answer = self._client.move(list(uids), target)
+        else:
+            if "UIDPLUS" not in self.capabilities:
+                raise ProtocolError("the server has neither MOVE nor UIDPLUS: cannot move safely")
+            with self._guard(f"UID COPY to {target}", folder=target):
+                answer = self._client.copy(list(uids), target)
+            self.store_flags(list(uids), ["\\Deleted"], add=True)
+            self.expunge_uids(list(uids))
+        texts = [_text(line) for line in imap.untagged_responses.pop("COPYUID", None) or []]
+        if answer:
+            texts.append(_text(answer))
+        return _copyuid_map(texts)
+
+    def expunge_uids(self, uids: Sequence[int]) -> None:
+        """``UID EXPUNGE`` (UIDPLUS) of exactly these UIDs."""
+        if "UIDPLUS" not in self.capabilities:
+            raise ProtocolError(
+                "the server lacks UIDPLUS: purging would need a bare EXPUNGE, which also "
+                "removes what other clients only marked deleted"
+            )
+        for window in uid_windows(sorted(uids)):
+            with self._guard("UID EXPUNGE"):
+                self._client.uid_expunge(window)
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> int | None:
+        """APPEND; returns the new UID when the server says (UIDPLUS APPENDUID)."""
+        with self._guard(f"APPEND to {folder}", folder=folder):
+            answer = self._client.append(folder, raw, flags=tuple(flags))
+        match = re.search(r"APPENDUID \d+ (\d+)", _text(answer or b""))
+        return int(match.group(1)) if match else None
+
+    def find_special_folder(self, special_use: str) -> str | None:
+        """The name of the folder LIST marks with ``special_use`` (e.g. ``"\\\\Sent"``)."""
+        for folder in self.list_folders():
+            if folder.special_use == special_use and folder.selectable:
+                return folder.name
+        return None
 
     # -- internals -----------------------------------------------------------------
 
@@ -452,6 +534,25 @@ class ImapSession:
             raise ProtocolError(f"{what} refused: {text}") from exc
         except OSError as exc:
             raise ServerUnreachable(f"{what}: connection lost ({_describe_os_error(exc)})") from exc
+
+
+def _copyuid_map(texts: Iterable[str]) -> tuple[int | None, dict[int, int]]:
+    """``COPYUID <uidvalidity> <source set> <destination set>`` -> (uidvalidity,
+    {source: destination}); the response code may come tagged or untagged."""
+    uidvalidity: int | None = None
+    mapping: dict[int, int] = {}
+    for text in texts:
+        match = re.search(r"COPYUID\s+(\d+)\s+([\d:,]+)\s+([\d:,]+)", text)
+        if match is None:
+            match = re.match(r"\s*(\d+)\s+([\d:,]+)\s+([\d:,]+)", text)
+        if match is None:
+            continue
+        uidvalidity = int(match.group(1))
+        sources = parse_uid_set(match.group(2))
+        targets = parse_uid_set(match.group(3))
+        # RFC 4315: the sets correspond in order, each in ascending UID order.
+        mapping.update(zip(sources, targets, strict=False))
+    return uidvalidity, mapping
 
 
 def parse_uid_set(text: str) -> list[int]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_POST
@@ -41,11 +42,18 @@ def message_page(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Htt
     attachments = list(message.attachments.filter(inline=False))
     activities = message.activities.select_related("actor")[:50]
     context = _context(request, box, message)
+    show_images = request.GET.get("images") == "1"
+    blocked_images = 0
+    if message.html_body and not show_images:
+        blocked_images = sanitize_email_html(
+            message.html_body, cid_urls={}, allow_remote_images=False
+        ).blocked_remote_images
     context.update(
         {
             "attachments": attachments,
             "activities": activities,
-            "show_images": request.GET.get("images") == "1",
+            "show_images": show_images,
+            "blocked_images": blocked_images,
         }
     )
     return render(request, "teaminbox/message.html", context)
@@ -115,5 +123,10 @@ def flag_action(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Http
     message.refresh_from_db()
     context = _context(request, box, message)
     if request.htmx:
-        return render(request, "teaminbox/message.html#flag-actions", context)
+        # the new state in place, and the history (out of band) with the new entry
+        context["activities"] = message.activities.select_related("actor")[:50]
+        context["oob"] = True
+        actions = render_to_string("teaminbox/message.html#flag-actions", context, request)
+        history = render_to_string("teaminbox/message.html#history", context, request)
+        return HttpResponse(actions + history)
     return redirect("message", mailbox=box.name, message_id=message.pk)

@@ -51,6 +51,7 @@ def make_mailbox(db: Any) -> MailboxFactory:
         name: str = "support",
         folders: list[str] | None = None,
         password: str | None = None,
+        delete_mode: str = "flag",
     ) -> Mailbox:
         mailbox = Mailbox(
             name=name,
@@ -61,6 +62,7 @@ def make_mailbox(db: Any) -> MailboxFactory:
             port=user.server.imap_port,
             username=user.address,
             folder_names=folders or ["INBOX"],
+            delete_mode=delete_mode,
         )
         mailbox.set_password(password if password is not None else user.password)
         mailbox.save()
