@@ -12,17 +12,19 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from mailsync.engine.errors import MailError
 from mailsync.engine.flags import SYSTEM_FLAGS
-from mailsync.engine.imap import ImapSession
-from mailsync.models import FlagChange, Folder
+from mailsync.engine.imap import ImapSession, SelectedFolder
+from mailsync.models import Activity, FlagChange, Folder, Message
 
 log = logging.getLogger(__name__)
 
 STALE_CLAIM = timedelta(minutes=2)
+MODIFIED_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class PushReport:
     sent: int = 0
     superseded: int = 0
     deferred: int = 0
+    conflicts: int = 0
 
 
 def claim_flag_changes(folder: Folder) -> list[FlagChange]:
@@ -69,40 +72,159 @@ def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushR
             state=FlagChange.State.PENDING,
             last_error=f"waiting: the folder was renumbered (UIDVALIDITY {selected.uidvalidity})",
         )
+    current = [c for c in changes if c.uidvalidity == selected.uidvalidity]
+    report = _push_flags(imap, selected, [c for c in current if c.kind == FlagChange.Kind.FLAG])
+    # Moves and expunges after the flags (a flag set just before a delete travels along),
+    # in the order people asked for them.
+    relocations = sorted((c for c in current if c.kind != FlagChange.Kind.FLAG), key=lambda c: c.pk)
+    for change in relocations:
+        if change.kind == FlagChange.Kind.MOVE:
+            _push_move(imap, folder, change)
+        else:
+            _push_expunge(imap, folder, change)
+    return PushReport(
+        sent=report.sent + len(relocations),
+        superseded=report.superseded,
+        deferred=len(wrong_location),
+        conflicts=report.conflicts,
+    )
+
+
+def _push_flags(
+    imap: ImapSession, selected: SelectedFolder, changes: list[FlagChange]
+) -> PushReport:
     # The latest action on (message, flag) wins; earlier ones need not be sent.
     latest: dict[tuple[int, str], FlagChange] = {}
     for change in sorted(changes, key=lambda c: c.pk):
-        if change.uidvalidity == selected.uidvalidity:
-            latest[(change.uid, change.flag)] = change
+        latest[(change.uid, change.flag)] = change
     winners = {c.pk for c in latest.values()}
-    superseded = [
-        c.pk for c in changes if c.pk not in winners and c.uidvalidity == selected.uidvalidity
-    ]
+    superseded = [c.pk for c in changes if c.pk not in winners]
     local_only = [
         c for c in latest.values() if c.flag not in SYSTEM_FLAGS and not selected.allows_keywords
     ]
-    groups: dict[tuple[str, bool], list[int]] = {}
+    groups: dict[tuple[str, bool, int | None], list[FlagChange]] = {}
     for change in latest.values():
         if change in local_only:
             continue
-        groups.setdefault((change.flag, change.add), []).append(change.uid)
-    for (flag, add), uids in groups.items():
-        imap.store_flags(uids, [flag], add=add)
+        base = change.base_modseq if imap.has_condstore else None
+        groups.setdefault((change.flag, change.add, base), []).append(change)
+    conflicts: list[FlagChange] = []
+    for (flag, add, base), group in groups.items():
+        by_uid = {c.uid: c for c in group}
+        modified = imap.store_flags(list(by_uid), [flag], add=add, unchangedsince=base)
+        conflicts += _settle_modified(imap, flag, add, [by_uid[u] for u in modified if u in by_uid])
 
-    sent = [c.pk for c in latest.values() if c not in local_only]
+    now = timezone.now()
+    sent = [c.pk for c in latest.values() if c not in local_only and c not in conflicts]
     FlagChange.objects.filter(pk__in=sent).update(
-        state=FlagChange.State.DONE, done_at=timezone.now(), last_error=""
+        state=FlagChange.State.DONE, done_at=now, last_error=""
     )
     FlagChange.objects.filter(pk__in=superseded).update(
-        state=FlagChange.State.DONE, done_at=timezone.now(), last_error="superseded"
+        state=FlagChange.State.DONE, done_at=now, last_error="superseded"
     )
     if local_only:
         FlagChange.objects.filter(pk__in=[c.pk for c in local_only]).update(
             state=FlagChange.State.CANCELLED,
-            done_at=timezone.now(),
+            done_at=now,
             last_error="the server does not store keywords in this folder; kept in the app only",
         )
-    return PushReport(sent=len(sent), superseded=len(superseded), deferred=len(wrong_location))
+    return PushReport(sent=len(sent), superseded=len(superseded), conflicts=len(conflicts))
+
+
+def _settle_modified(
+    imap: ImapSession, flag: str, add: bool, changes: list[FlagChange]
+) -> list[FlagChange]:
+    """Another client touched these messages after the person saw them ([MODIFIED]).
+
+    Re-read, drop what is already true, and try again on the fresh modseq a few times;
+    what still does not go through is a conflict, recorded on the message's history.
+    Returns the conflicts.
+    """
+    pending = list(changes)
+    for _attempt in range(MODIFIED_RETRIES):
+        if not pending:
+            return []
+        states = imap.fetch_flags([c.uid for c in pending])
+        retry: list[FlagChange] = []
+        for change in pending:
+            state = states.get(change.uid)
+            if state is None:
+                continue  # expunged meanwhile: the sync will mark it
+            if (flag in state.flags) == add:
+                continue  # already as the person wants it
+            modified = imap.store_flags([change.uid], [flag], add=add, unchangedsince=state.modseq)
+            if modified:
+                retry.append(change)
+        pending = retry
+    for change in pending:
+        FlagChange.objects.filter(pk=change.pk).update(
+            state=FlagChange.State.CONFLICT,
+            done_at=timezone.now(),
+            last_error="another client kept changing this message; the change was not applied",
+        )
+        Activity.objects.create(
+            mailbox_id=change.folder.mailbox_id,
+            message_id=change.message_id,
+            actor_id=change.actor_id,
+            source=Activity.Source.SYSTEM,
+            verb="conflict",
+            detail={"flag": flag, "add": add},
+        )
+    return pending
+
+
+def _push_move(imap: ImapSession, folder: Folder, change: FlagChange) -> None:
+    """MOVE (or COPY + UID EXPUNGE), then the row takes its new location from COPYUID:
+    the Trash copy is the same row and conversation, never a second one."""
+    target = change.target_folder
+    assert target is not None
+    target_uidvalidity, mapping = imap.move([change.uid], target.name)
+    now = timezone.now()
+    message = Message.objects.get(pk=change.message_id)
+    new_uid = mapping.get(change.uid)
+    going_back = message.moved_from_id == target.pk
+    with transaction.atomic():
+        if new_uid is None or target_uidvalidity is None:
+            # The server did not say where it went: the target's sync will import it
+            # (same bytes, so the same conversation); this copy is gone from its folder.
+            message.expunged_at = now
+        elif Message.objects.filter(
+            folder=target, uidvalidity=target_uidvalidity, uid=new_uid
+        ).exists():
+            message.expunged_at = now  # the target's sync was quicker and imported it
+        else:
+            message.folder = target
+            message.uidvalidity = target_uidvalidity
+            message.uid = new_uid
+            # a sync of the source may have seen the UID vanish a moment ago
+            message.expunged_at = None
+        message.moved_from = None if going_back else folder
+        message.moving_to = None
+        message.save(
+            update_fields=["folder", "uidvalidity", "uid", "moved_from", "moving_to", "expunged_at"]
+        )
+        FlagChange.objects.filter(pk=change.pk).update(
+            state=FlagChange.State.DONE, done_at=now, last_error=""
+        )
+        Activity.objects.create(
+            mailbox_id=folder.mailbox_id,
+            message=message,
+            actor_id=change.actor_id,
+            source=Activity.Source.SYSTEM,
+            verb="moved",
+            detail={"from": folder.name, "to": target.name},
+        )
+
+
+def _push_expunge(imap: ImapSession, folder: Folder, change: FlagChange) -> None:
+    """Purge: ``UID EXPUNGE`` of exactly this UID (never a bare EXPUNGE)."""
+    imap.expunge_uids([change.uid])
+    now = timezone.now()
+    with transaction.atomic():
+        Message.objects.filter(pk=change.message_id).update(expunged_at=now)
+        FlagChange.objects.filter(pk=change.pk).update(
+            state=FlagChange.State.DONE, done_at=now, last_error=""
+        )
 
 
 def release_stale_claims() -> int:

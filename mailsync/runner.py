@@ -113,6 +113,14 @@ def ensure_folders(imap: ImapSession, mailbox: Mailbox, result: MailboxSyncResul
             folder.special_use = remote_folder.special_use
             folder.save(update_fields=["special_use"])
         folders.append(folder)
+    # Trash and Sent are known even when not synced: deletes move there, replies go there.
+    for remote_folder in remote.values():
+        if remote_folder.special_use in {"\\Trash", "\\Sent"}:
+            Folder.objects.get_or_create(
+                mailbox=mailbox,
+                name=remote_folder.name,
+                defaults={"special_use": remote_folder.special_use},
+            )
     return folders
 
 

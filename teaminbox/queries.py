@@ -74,7 +74,10 @@ def inbox_messages(folder: Folder) -> QuerySet[Message]:
         return Message.objects.none()
     return (
         Message.objects.filter(
-            folder=folder, uidvalidity=folder.uidvalidity, expunged_at__isnull=True
+            folder=folder,
+            uidvalidity=folder.uidvalidity,
+            expunged_at__isnull=True,
+            moving_to__isnull=True,  # deleted to Trash, the MOVE on its way
         )
         .order_by("-date", "-uid")
         .only(

@@ -11,24 +11,39 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
 from mailsync.engine.flags import DELETED, SEEN, SYSTEM_FLAGS
-from mailsync.models import Activity, FlagChange, Mailbox, Message
+from mailsync.models import Activity, FlagChange, Folder, Mailbox, Message
 from teaminbox.models import Membership
 
 Actor = AbstractBaseUser | AnonymousUser | None
 
-# staff action -> (IMAP flag, on)
-FLAG_ACTIONS: dict[str, tuple[str, bool]] = {
-    "read": (SEEN, True),
-    "unread": (SEEN, False),
-    "delete": (DELETED, True),
-    "undelete": (DELETED, False),
-}
+
+class ActionRefused(Exception):
+    """The action cannot be done in the message's current state; str() says why."""
 
 
 def _actor_id(actor: Actor) -> int | None:
     if actor is None or not actor.is_authenticated:
         return None
     return int(actor.pk)
+
+
+def act_on_message(*, message: Message, action: str, actor: Actor) -> None:
+    """The staff actions offered on a message page, by name."""
+    if action == "read":
+        set_flag(message=message, flag=SEEN, on=True, actor=actor)
+    elif action == "unread":
+        set_flag(message=message, flag=SEEN, on=False, actor=actor)
+    elif action == "delete":
+        delete_message(message=message, actor=actor)
+    elif action == "undelete":
+        restore_message(message=message, actor=actor)
+    elif action == "purge":
+        purge_message(message=message, actor=actor)
+    else:
+        raise ActionRefused("Unknown action: use read, unread, delete, undelete or purge.")
+
+
+MESSAGE_ACTIONS = ("read", "unread", "delete", "undelete", "purge")
 
 
 @transaction.atomic
@@ -58,6 +73,7 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
         uid=message.uid,
         flag=flag,
         add=on,
+        base_modseq=message.modseq,
         actor_id=_actor_id(actor),
     )
     Activity.objects.create(
@@ -71,6 +87,98 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
     folder_id = message.folder_id
     transaction.on_commit(lambda: _enqueue_push(folder_id))
     return change
+
+
+def trash_folder(mailbox: Mailbox) -> Folder | None:
+    return mailbox.folders.filter(special_use="\\Trash").order_by("pk").first()
+
+
+@transaction.atomic
+def delete_message(*, message: Message, actor: Actor) -> None:
+    """Delete as the mailbox is set up: MOVE to Trash where the server has one (the row
+    follows the message there), else set \\Deleted and leave the purge to a person."""
+    message = (
+        Message.objects.select_for_update().select_related("folder__mailbox").get(pk=message.pk)
+    )
+    if message.moving_to_id is not None:
+        return  # already on its way
+    mailbox = message.folder.mailbox
+    trash = trash_folder(mailbox)
+    if (
+        mailbox.delete_mode == Mailbox.DeleteMode.TRASH
+        and trash is not None
+        and message.folder_id != trash.pk
+    ):
+        _queue_move(message=message, target=trash, actor=actor, verb="deleted")
+    else:
+        set_flag(message=message, flag=DELETED, on=True, actor=actor)
+
+
+@transaction.atomic
+def restore_message(*, message: Message, actor: Actor) -> None:
+    """Undo a delete: cancel the move still waiting, move it back out of Trash, or clear
+    \\Deleted."""
+    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    if message.moving_to_id is not None:
+        cancelled = FlagChange.objects.filter(
+            message=message, kind=FlagChange.Kind.MOVE, state=FlagChange.State.PENDING
+        ).update(state=FlagChange.State.CANCELLED, last_error="undone before it was sent")
+        if not cancelled:
+            raise ActionRefused("The move is being sent right now; undo it in a moment.")
+        message.moving_to = None
+        message.save(update_fields=["moving_to"])
+        _record(message, actor, "restored", {})
+    elif message.moved_from_id is not None and message.moved_from is not None:
+        _queue_move(message=message, target=message.moved_from, actor=actor, verb="restored")
+    elif message.deleted:
+        set_flag(message=message, flag=DELETED, on=False, actor=actor)
+
+
+@transaction.atomic
+def purge_message(*, message: Message, actor: Actor) -> None:
+    """Remove a message marked \\Deleted for good: ``UID EXPUNGE`` of its UID only."""
+    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    if not message.deleted:
+        raise ActionRefused("Only a message marked deleted can be purged.")
+    FlagChange.objects.create(
+        message=message,
+        folder=message.folder,
+        uidvalidity=message.uidvalidity,
+        uid=message.uid,
+        kind=FlagChange.Kind.EXPUNGE,
+        actor_id=_actor_id(actor),
+    )
+    _record(message, actor, "purged", {})
+    folder_id = message.folder_id
+    transaction.on_commit(lambda: _enqueue_push(folder_id))
+
+
+def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) -> None:
+    FlagChange.objects.create(
+        message=message,
+        folder=message.folder,
+        uidvalidity=message.uidvalidity,
+        uid=message.uid,
+        kind=FlagChange.Kind.MOVE,
+        target_folder=target,
+        actor_id=_actor_id(actor),
+    )
+    message.moving_to = target
+    message.save(update_fields=["moving_to"])
+    _record(message, actor, verb, {"to": target.name})
+    folder_id = message.folder_id
+    transaction.on_commit(lambda: _enqueue_push(folder_id))
+
+
+def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]) -> None:
+    Activity.objects.create(
+        mailbox_id=message.folder.mailbox_id,
+        message=message,
+        actor_id=_actor_id(actor),
+        source=Activity.Source.APP,
+        verb=verb,
+        detail=detail,
+    )
 
 
 def _enqueue_push(folder_id: int) -> None:

@@ -30,7 +30,7 @@ def inbox(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
     context = {
         "mailbox": box,
         "folder": folder,
-        "folders": box.folders.order_by("name"),
+        "folders": box.folders.filter(name__in=box.chosen_folder_names()).order_by("name"),
         "page": page,
     }
     template = "teaminbox/inbox.html"

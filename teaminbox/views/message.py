@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
@@ -111,15 +112,20 @@ def flag_action(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Http
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
     action = request.POST.get("action", "")
-    if action not in services.FLAG_ACTIONS:
+    if action not in services.MESSAGE_ACTIONS:
         return HttpResponseBadRequest(
-            "Unknown action: use read, unread, delete or undelete.", content_type="text/plain"
+            "Unknown action: use read, unread, delete, undelete or purge.",
+            content_type="text/plain",
         )
     context = _context(request, box, message)
     if not context["can_act"]:
         return HttpResponse("Viewers cannot change messages.", status=403)
-    flag, on = services.FLAG_ACTIONS[action]
-    services.set_flag(message=message, flag=flag, on=on, actor=request.user)
+    try:
+        services.act_on_message(message=message, action=action, actor=request.user)
+    except services.ActionRefused as refused:
+        messages.warning(request, str(refused))
+        if request.htmx:
+            return HttpResponse(str(refused), status=409, content_type="text/plain")
     message.refresh_from_db()
     context = _context(request, box, message)
     if request.htmx:

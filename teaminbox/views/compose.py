@@ -1,0 +1,195 @@
+"""Reply, reply all, forward: the compose page, its autosave, and retrying a failed send.
+
+Only agents and admins write mail (a viewer gets 403, a non-member 404); a draft belongs to
+its author, so two colleagues never overwrite each other's autosaves.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from mailsync.models import Mailbox
+from teaminbox import replies
+from teaminbox.models import Membership, OutgoingMessage
+from teaminbox.queries import get_mailbox_for, get_message_for, role_in
+from teaminbox.replies import NotADraft, ReplyInvalid
+from teaminbox.views.types import HtmxHttpRequest
+
+REPLY_KINDS = {
+    OutgoingMessage.Kind.REPLY,
+    OutgoingMessage.Kind.REPLY_ALL,
+    OutgoingMessage.Kind.FORWARD,
+}
+
+
+class ComposeForm(forms.Form):
+    """Holds what was typed; the checks that matter (header injection, addresses) are the
+    service's, so a script posting straight to the endpoint meets them too."""
+
+    to = forms.CharField(required=False, strip=False, widget=forms.TextInput)
+    cc = forms.CharField(required=False, strip=False, widget=forms.TextInput)
+    bcc = forms.CharField(required=False, strip=False, widget=forms.TextInput)
+    subject = forms.CharField(required=False, strip=False, widget=forms.TextInput)
+    body_text = forms.CharField(required=False, strip=False, widget=forms.Textarea)
+
+    def values(self) -> dict[str, str]:
+        return {name: str(self.cleaned_data.get(name) or "") for name in replies.EDITABLE_FIELDS}
+
+
+def _can_act(request: HtmxHttpRequest, mailbox: Mailbox) -> bool:
+    return role_in(request.user, mailbox) in {Membership.Role.AGENT, Membership.Role.ADMIN}
+
+
+def _forbidden() -> HttpResponse:
+    return HttpResponse("Viewers cannot send mail from this mailbox.", status=403)
+
+
+def _get_outgoing_for(mailbox: Mailbox, outgoing_id: int) -> OutgoingMessage:
+    outgoing = (
+        OutgoingMessage.objects.select_related("mailbox", "in_reply_to", "author")
+        .filter(pk=outgoing_id, mailbox=mailbox)
+        .first()
+    )
+    if outgoing is None:
+        raise Http404("No such draft")
+    return outgoing
+
+
+def _back_to(outgoing: OutgoingMessage) -> HttpResponseRedirect:
+    """The message answered (its history shows the reply), else the inbox."""
+    if outgoing.in_reply_to_id is not None:
+        return redirect(
+            "message", mailbox=outgoing.mailbox.name, message_id=outgoing.in_reply_to_id
+        )
+    return redirect("inbox", mailbox=outgoing.mailbox.name)
+
+
+@login_required
+def reply(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+    """Open (or continue) the person's draft answering this message, then edit it."""
+    box = get_mailbox_for(request.user, mailbox)
+    message = get_message_for(request.user, box, message_id)
+    if not _can_act(request, box):
+        return _forbidden()
+    kind = request.GET.get("kind", OutgoingMessage.Kind.REPLY)
+    if kind not in REPLY_KINDS:
+        return HttpResponseBadRequest(
+            "Unknown kind: use reply, reply_all or forward.", content_type="text/plain"
+        )
+    draft = replies.open_reply(message=message, kind=kind, actor=request.user)
+    return redirect("compose", mailbox=box.name, outgoing_id=draft.pk)
+
+
+@login_required
+def compose(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox)
+    if not _can_act(request, box):
+        return _forbidden()
+    outgoing = _get_outgoing_for(box, outgoing_id)
+    if not outgoing.is_draft:
+        return _back_to(outgoing)
+    if outgoing.author_id != request.user.pk:
+        return HttpResponse("This draft belongs to a colleague.", status=403)
+
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        form = ComposeForm(request.POST)
+        if form.is_valid():
+            try:
+                response = _handle_post(request, box, outgoing, form)
+            except ReplyInvalid as exc:
+                errors = exc.errors
+            except NotADraft:
+                messages.info(request, "This message was already sent.")
+                return _back_to(outgoing)
+            else:
+                return response
+        outgoing.refresh_from_db()
+    else:
+        form = ComposeForm(initial={n: getattr(outgoing, n) for n in replies.EDITABLE_FIELDS})
+    for field, text in errors.items():
+        form.add_error(None if field not in form.fields else field, text)
+    context = {
+        "mailbox": box,
+        "draft": outgoing,
+        "original": outgoing.in_reply_to,
+        "form": form,
+        "sender": f"{replies.team_name(box)} <{box.email_address}>",
+    }
+    return render(request, "teaminbox/compose.html", context, status=400 if errors else 200)
+
+
+def _handle_post(
+    request: HtmxHttpRequest, box: Mailbox, outgoing: OutgoingMessage, form: ComposeForm
+) -> HttpResponse:
+    if "discard" in request.POST:
+        replies.discard_draft(draft=outgoing, actor=request.user)
+        messages.info(request, "Draft discarded.")
+        return _back_to(outgoing)
+    draft = replies.save_draft(draft=outgoing, actor=request.user, **form.values())
+    for upload in request.FILES.getlist("files"):
+        replies.add_attachment(
+            draft=draft,
+            filename=upload.name or "attachment.bin",
+            content_type=upload.content_type or "application/octet-stream",
+            data=upload.read(),
+            actor=request.user,
+        )
+    remove = request.POST.get("remove_attachment", "")
+    if remove.isdigit():
+        replies.remove_attachment(draft=draft, attachment_id=int(remove), actor=request.user)
+    if "send" not in request.POST:
+        return redirect("compose", mailbox=box.name, outgoing_id=draft.pk)
+    replies.send_reply(draft=draft, actor=request.user)
+    messages.success(request, "Reply queued." if draft.in_reply_to_id else "Message queued.")
+    return _back_to(draft)
+
+
+@login_required
+@require_POST
+def draft_save(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
+    """Autosave (htmx, a second after typing stops): answers with the "Saved" line."""
+    box = get_mailbox_for(request.user, mailbox)
+    if not _can_act(request, box):
+        return _forbidden()
+    outgoing = _get_outgoing_for(box, outgoing_id)
+    if outgoing.author_id != request.user.pk:
+        return HttpResponse("This draft belongs to a colleague.", status=403)
+    form = ComposeForm(request.POST)
+    notice = ""
+    if not form.is_valid():
+        notice = "Not saved: " + "; ".join(str(e) for errs in form.errors.values() for e in errs)
+    else:
+        try:
+            outgoing = replies.save_draft(draft=outgoing, actor=request.user, **form.values())
+        except NotADraft:
+            notice = "Already sent; changes here are not saved."
+    if not request.htmx:
+        return redirect("compose", mailbox=box.name, outgoing_id=outgoing.pk)
+    return render(
+        request,
+        "teaminbox/compose.html#draft-status",
+        {"mailbox": box, "draft": outgoing, "notice": notice},
+    )
+
+
+@login_required
+@require_POST
+def outgoing_retry(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
+    """A person checked a failed message and wants it sent (again)."""
+    box = get_mailbox_for(request.user, mailbox)
+    if not _can_act(request, box):
+        return _forbidden()
+    outgoing = _get_outgoing_for(box, outgoing_id)
+    try:
+        replies.retry_outgoing(outgoing=outgoing, actor=request.user)
+    except NotADraft as exc:
+        messages.info(request, str(exc))
+    else:
+        messages.success(request, "Queued again.")
+    return _back_to(outgoing)
