@@ -57,7 +57,7 @@ def extract_messages(message_ids: Sequence[int]) -> int:
 def extract_message(message: Message) -> bool:
     """Parse outside the transaction (CPU), then claim and write inside it: the claim is a
     conditional UPDATE, so two workers given the same message write it once."""
-    parsed = _parse_safely(bytes(message.blob.data))
+    parsed = _parse_safely(message.blob.read())
     apply_envelope(message, envelope_of(parsed))
     message.text_body = clean_text(parsed.text)
     message.html_body = clean_text(parsed.html)

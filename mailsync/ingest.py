@@ -18,7 +18,7 @@ from django.utils import timezone
 from mailsync.engine.flags import split_flags
 from mailsync.engine.imap import FetchedMessage
 from mailsync.engine.mime import ParsedEnvelope, parse_envelope
-from mailsync.models import Blob, Conversation, Folder, Message
+from mailsync.models import Blob, BlobChunk, Conversation, Folder, Message
 
 
 def clean_text(text: str) -> str:
@@ -90,19 +90,33 @@ def store_new_messages(
         return Message.objects.bulk_create([p.message for p in pending])
 
 
-def store_blobs(raw_by_digest: dict[str, bytes]) -> None:
+def store_blobs(raw_by_digest: dict[str, bytes | bytearray]) -> None:
     """Content-addressed: bytes already stored are not sent to the database again."""
     present = set(
         Blob.objects.filter(sha256__in=list(raw_by_digest)).values_list("sha256", flat=True)
     )
+    missing = {d: raw for d, raw in raw_by_digest.items() if d not in present}
+    large = {d: raw for d, raw in missing.items() if len(raw) > Blob.INLINE_LIMIT}
     Blob.objects.bulk_create(
         [
             Blob(sha256=digest, data=raw, size=len(raw))
-            for digest, raw in raw_by_digest.items()
-            if digest not in present
+            for digest, raw in missing.items()
+            if digest not in large
+        ]
+        + [
+            Blob(sha256=digest, data=b"", size=len(raw), chunked=True)
+            for digest, raw in large.items()
         ],
         ignore_conflicts=True,  # another worker stored the same bytes a moment ago
     )
+    view_size = Blob.CHUNK_SIZE
+    for digest, raw in large.items():
+        view = memoryview(raw)
+        for seq, start in enumerate(range(0, len(raw), view_size)):
+            BlobChunk.objects.bulk_create(
+                [BlobChunk(blob_id=digest, seq=seq, data=view[start : start + view_size])],
+                ignore_conflicts=True,
+            )
 
 
 def _thread(folder: Folder, pending: list[_Pending]) -> None:

@@ -8,6 +8,8 @@ UIDVALIDITY reset) share one stored body.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -162,15 +164,50 @@ class Folder(models.Model):
 
 
 class Blob(models.Model):
-    """Bytes stored once per sha256: raw messages and decoded attachments."""
+    """Bytes stored once per sha256: raw messages and decoded attachments.
+
+    Large blobs live in 1 MiB ``BlobChunk`` rows instead of ``data``: a single 60 MB bytea
+    parameter costs the database driver several copies of it in memory (it is escaped into
+    the query text), a 1 MiB chunk costs a few MiB.
+    """
+
+    INLINE_LIMIT = 8 * 1024 * 1024
+    CHUNK_SIZE = 1024 * 1024
 
     sha256 = models.CharField(max_length=64, primary_key=True)
-    data = models.BinaryField()
+    data = models.BinaryField(blank=True)
     size = models.BigIntegerField()
+    chunked = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.sha256[:12]} ({self.size} bytes)"
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        if not self.chunked:
+            yield bytes(self.data)
+            return
+        for chunk in (
+            self.chunks.order_by("seq").values_list("data", flat=True).iterator(chunk_size=4)
+        ):
+            yield bytes(chunk)
+
+    def read(self) -> bytes:
+        return b"".join(self.iter_bytes())
+
+
+class BlobChunk(models.Model):
+    blob = models.ForeignKey(Blob, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["blob", "seq"], name="blobchunk_unique_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.blob_id[:12]}#{self.seq}"
 
 
 class Conversation(models.Model):

@@ -103,7 +103,7 @@ def test_it_lists_and_renders_every_corpus_message_with_the_exact_server_bytes(
             continue
         if message.pk not in listed:
             failures.append(f"{item.path}: not on any inbox page")
-        if bytes(message.blob.data) != bodies.get(item.uid):
+        if message.blob.read() != bodies.get(item.uid):
             failures.append(f"{item.path}: stored bytes differ from Dovecot's BODY[]")
         response = client.get(reverse("message", args=[mailbox, message.pk]))
         if response.status_code != 200:

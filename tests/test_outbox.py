@@ -111,7 +111,7 @@ def test_it_moves_a_deleted_message_to_trash_as_the_same_row_and_undo_brings_it_
         trash_uids[0],
         conversation_id,
     )
-    assert bytes(message.blob.data) == mail_user.raw(trash_uids[0], folder="Trash")
+    assert message.blob.read() == mail_user.raw(trash_uids[0], folder="Trash")
     assert Message.objects.count() == 1
 
     restore_message(message=message, actor=bob)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from email.message import EmailMessage
 
 import pytest
@@ -77,7 +78,7 @@ def test_it_stores_the_exact_bytes_the_server_returns(shared_mailbox, mail_user)
     sync_mailbox(shared_mailbox)
 
     message = Message.objects.get(uid=uid)
-    assert bytes(message.blob.data) == mail_user.raw(uid)
+    assert message.blob.read() == mail_user.raw(uid)
     assert message.subject == "bare LF"
 
 
@@ -208,3 +209,26 @@ def test_it_records_a_wrong_password_on_the_mailbox(make_mailbox, mail_user):
     mailbox.refresh_from_db()
     assert mailbox.sync_status == "error"
     assert "login refused" in mailbox.last_error
+
+
+def test_it_fetches_and_stores_a_large_message_in_chunks_byte_exact(shared_mailbox, mail_user):
+    from mailsync.engine.imap import LARGE_MESSAGE
+
+    payload = os.urandom(LARGE_MESSAGE * 3 // 4 + 1_500_000)  # base64 grows it past the limit
+    message = EmailMessage()
+    message["From"] = "big@example.org"
+    message["Subject"] = "Large scan"
+    message.set_content("The scan is attached.")
+    message.add_attachment(payload, maintype="application", subtype="pdf", filename="scan.pdf")
+    raw = bytes(message)
+    assert len(raw) > LARGE_MESSAGE
+    uid = mail_user.append(raw)
+
+    sync_mailbox(shared_mailbox)
+
+    stored = Message.objects.get(uid=uid)
+    assert stored.blob.chunked and stored.blob.chunks.count() > 8
+    assert stored.blob.read() == mail_user.raw(uid)
+    assert stored.subject == "Large scan"
+    attachment = stored.attachments.get(filename="scan.pdf")
+    assert attachment.blob.read() == payload

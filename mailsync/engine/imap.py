@@ -36,6 +36,9 @@ from mailsync.engine.flags import normalize_flags
 # Each FETCH/STORE names at most this many UIDs, so a command line stays far below
 # imaplib's 1,000,000-byte _MAXLINE even with sparse UID sets (django-mailbox #81).
 UID_WINDOW = 2000
+# Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
+LARGE_MESSAGE = 8 * 1024 * 1024
+LARGE_CHUNK = 1024 * 1024
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
 
@@ -83,7 +86,7 @@ class FetchedMessage:
     flags: frozenset[str]
     internaldate: datetime | None
     size: int
-    raw: bytes
+    raw: bytes | bytearray  # a bytearray for chunked large messages (no second copy)
     modseq: int | None
 
 
@@ -360,6 +363,45 @@ class ImapSession:
                 )
             )
         return messages
+
+    def fetch_large_message(self, uid: int, size: int) -> FetchedMessage | None:
+        """One big message in ``BODY.PEEK[]<offset.length>`` chunks, into a buffer
+        allocated once at its announced size: memory stays near one copy of the message
+        (a single literal would be read and joined by imaplib, twice that). Returns None
+        when the server no longer has it."""
+        items = ["UID", "FLAGS", "INTERNALDATE"] + (["MODSEQ"] if self.has_condstore else [])
+        head = self._uid_fetch([uid], items)
+        if uid not in head:
+            return None
+        buffer = bytearray(size)
+        offset = 0
+        while True:
+            section = f"BODY.PEEK[]<{offset}.{LARGE_CHUNK}>"
+            answer = self._uid_fetch([uid], ["UID", section])
+            if uid not in answer:
+                return None
+            chunk = next(
+                (value for key, value in answer[uid].items() if key.startswith(b"BODY[]")), b""
+            )
+            chunk = chunk or b""
+            end = offset + len(chunk)
+            if end > len(buffer):  # the server under-announced RFC822.SIZE
+                buffer.extend(bytes(end - len(buffer)))
+            buffer[offset:end] = chunk
+            offset = end
+            if len(chunk) < LARGE_CHUNK:
+                break
+        del buffer[offset:]  # the server over-announced: keep what it sent
+        state = _flag_state(uid, head[uid])
+        internaldate = head[uid].get(b"INTERNALDATE")
+        return FetchedMessage(
+            uid=uid,
+            flags=state.flags,
+            internaldate=internaldate if isinstance(internaldate, datetime) else None,
+            size=offset,
+            raw=buffer,
+            modseq=state.modseq,
+        )
 
     # -- writing -------------------------------------------------------------------
 

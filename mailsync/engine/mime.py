@@ -1134,13 +1134,13 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 MAX_HEADER_BLOCK = 1_000_000
 
 
-def parse_envelope(raw: bytes) -> ParsedEnvelope:
+def parse_envelope(raw: bytes | bytearray) -> ParsedEnvelope:
     """Envelope fields from the header block only, a fraction of a full parse. Never raises;
     the full parse (``parse_message``) later refines them with the body's charset hint."""
     try:
-        data = bytes(raw)
-        end = _HEADER_END.search(data, 0, MAX_HEADER_BLOCK)
-        block = data[: end.end()] if end else data[:MAX_HEADER_BLOCK]
+        data = bytes(raw[:MAX_HEADER_BLOCK])  # never a copy of a large body
+        end = _HEADER_END.search(data)
+        block = data[: end.end()] if end else data
         # compat32 only splits the header block (the header registry of policy.default costs
         # ~0.4 ms per header); every value then goes through our own decoder.
         msg = email.message_from_bytes(block, policy=email.policy.compat32)

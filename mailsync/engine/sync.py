@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from mailsync.engine.errors import ProtocolError
-from mailsync.engine.imap import FetchedMessage, FlagState, ImapSession, SelectedFolder
+from mailsync.engine.imap import (
+    LARGE_MESSAGE,
+    FetchedMessage,
+    FlagState,
+    ImapSession,
+    SelectedFolder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +251,7 @@ def _fetch_new(
     fetched = 0
     # Newest first, so the top of the inbox is usable while older mail still loads.
     for batch in _batches(sorted(sizes, reverse=True), sizes, limits):
-        messages, dead = _fetch_batch(imap, store, selected.uidvalidity, batch)
+        messages, dead = _fetch_batch(imap, store, selected.uidvalidity, batch, sizes)
         report.dead_letters += dead
         report.vanished_before_fetch += len(batch) - len(messages) - dead
         report.new_messages += store.save_messages(selected.uidvalidity, messages)
@@ -254,11 +260,18 @@ def _fetch_new(
 
 
 def _fetch_batch(
-    imap: ImapSession, store: FolderStore, uidvalidity: int, batch: list[int]
+    imap: ImapSession,
+    store: FolderStore,
+    uidvalidity: int,
+    batch: list[int],
+    sizes: Mapping[int, int],
 ) -> tuple[list[FetchedMessage], int]:
     """Fetch a batch; when the server refuses it, retry UID by UID and dead-letter the
     ones it still refuses, so a single bad message never blocks the folder."""
     try:
+        if len(batch) == 1 and sizes.get(batch[0], 0) > LARGE_MESSAGE:
+            large = imap.fetch_large_message(batch[0], sizes[batch[0]])
+            return ([large] if large is not None else []), 0
         return imap.fetch_messages(batch), 0
     except ProtocolError:
         pass
@@ -281,7 +294,9 @@ def _batches(
     for uid in uids:
         size = sizes.get(uid, 0)
         if batch and (
-            len(batch) >= limits.batch_messages or batch_bytes + size > limits.batch_bytes
+            len(batch) >= limits.batch_messages
+            or batch_bytes + size > limits.batch_bytes
+            or size > LARGE_MESSAGE  # fetched alone, in chunks
         ):
             yield batch
             batch, batch_bytes = [], 0

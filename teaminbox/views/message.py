@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -86,7 +87,7 @@ def message_body(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Htt
 @login_required
 def attachment(
     request: HtmxHttpRequest, mailbox: str, message_id: int, attachment_id: int
-) -> HttpResponse:
+) -> HttpResponseBase:
     box = get_mailbox_for(request.user, mailbox)
     part: Attachment = get_attachment_for(request.user, box, attachment_id)
     if part.message_id != message_id:
@@ -95,9 +96,11 @@ def attachment(
         )
     content_type = part.content_type if "/" in part.content_type else "application/octet-stream"
     inline = content_type in INLINE_TYPES
-    response = HttpResponse(
-        bytes(part.blob.data), content_type=content_type if inline else "application/octet-stream"
+    response = StreamingHttpResponse(
+        part.blob.iter_bytes(),
+        content_type=content_type if inline else "application/octet-stream",
     )
+    response["Content-Length"] = str(part.blob.size)
     response["Content-Disposition"] = content_disposition_header(
         as_attachment=not inline, filename=part.filename
     ) or ("inline" if inline else "attachment")
