@@ -19,15 +19,22 @@ Sequence, all in this one warm process:
 5. ``await_flags``: the parent, as another IMAP client, flags 10 messages and answers with
    their UIDs; one resync is timed and the flags are checked in the database;
 6. ``done`` with ``ru_maxrss`` and ``VmHWM``.
+
+With ``"profile": "<prefix>"`` in the configuration (``sync_bench.py --profile``), the
+initial sync runs under cProfile (``<prefix>.initial.prof`` / ``.txt``) and 300 messages
+are extracted under cProfile in-process before the timed extraction
+(``<prefix>.extract.*``): the timings of such a run are not representative.
 """
 
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import dataclasses
 import inspect
 import json
 import os
+import pstats
 import resource
 import statistics
 import sys
@@ -65,6 +72,30 @@ def vm_hwm_kib() -> int:
 
 def peak_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def dump_profile(profiler: cProfile.Profile, prefix: str) -> None:
+    """``<prefix>.prof`` (for snakeviz / pstats) and ``<prefix>.txt`` (top 40 by own time
+    and by cumulative time)."""
+    profiler.dump_stats(f"{prefix}.prof")
+    with open(f"{prefix}.txt", "w") as out:
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(40)
+
+
+def profile_extraction(messages: Any, prefix: str, sample: int = 300) -> None:
+    """Profile the extraction of ``sample`` pending messages in this process (the parallel
+    step forks, which cProfile cannot follow); the rest is extracted by the timed step,
+    so with --profile the extraction time is NOT representative."""
+    from mailsync.extract import extract_messages
+
+    ids = list(messages.filter(extracted_at__isnull=True).values_list("pk", flat=True)[:sample])
+    profiler = cProfile.Profile()
+    profiler.enable()
+    extract_messages(ids)
+    profiler.disable()
+    dump_profile(profiler, prefix)
 
 
 def find_extraction(runner: Any) -> tuple[Callable[[Any], Any] | None, str]:
@@ -171,9 +202,16 @@ def main() -> None:
 
     # -- 2. initial sync ---------------------------------------------------------------------
     progress = Progress()
+    profile_prefix = config.get("profile")
+    profiler = cProfile.Profile() if profile_prefix else None
+    if profiler is not None:
+        profiler.enable()
     progress.started = time.perf_counter()
     result = runner.sync_mailbox(mailbox, on_progress=progress, **sync_kwargs)
     initial_s = time.perf_counter() - progress.started - progress.check_seconds
+    if profiler is not None:
+        profiler.disable()
+        dump_profile(profiler, f"{profile_prefix}.initial")
     hwm_after_initial = vm_hwm_kib()
     if progress.listed_s is None:  # never held during the sync: check once more now
         ok, progress.last_detail = newest_listed()
@@ -203,6 +241,8 @@ def main() -> None:
     extract, mode = find_extraction(runner)
     extract_s: float | None = None
     if extract is not None:
+        if profile_prefix:
+            profile_extraction(messages, f"{profile_prefix}.extract")
         started = time.perf_counter()
         extract(mailbox)
         extract_s = time.perf_counter() - started

@@ -464,6 +464,7 @@ def bench_ours(
                 "password": user.password,
                 "newest": newest,
                 "nochange_runs": NOCHANGE_RUNS,
+                "profile": str(args.workdir / f"ours-{size}") if args.profile else None,
             }
         )
         ready = child.expect("ready", 300)
@@ -657,6 +658,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--timeout", type=float, help="seconds allowed for one initial sync (default: scaled)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the Maildirs and logs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile ours: <workdir>/ours-<N>.initial.{prof,txt} and .extract.{prof,txt} "
+        "(timings of such a run are not representative)",
+    )
     args = parser.parse_args(argv)
     if args.messages < NEWEST + FLAG_CHANGES:
         parser.error(f"--messages must be at least {NEWEST + FLAG_CHANGES}")

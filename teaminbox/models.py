@@ -33,3 +33,111 @@ class Membership(models.Model):
     @property
     def can_act(self) -> bool:
         return self.role in {self.Role.AGENT, self.Role.ADMIN}
+
+
+class OutgoingMessage(models.Model):
+    """A reply, reply-all, forward or new message written in the app: a draft until sent.
+
+    States: draft -> queued (bytes built, Message-ID fixed) -> sending (claimed by exactly
+    one worker with a conditional UPDATE) -> sent | failed. A row left in "sending" by a
+    crash is never re-sent automatically: the mail may already have gone out.
+    """
+
+    class Kind(models.TextChoices):
+        REPLY = "reply", "Reply"
+        REPLY_ALL = "reply_all", "Reply all"
+        FORWARD = "forward", "Forward"
+        NEW = "new", "New message"
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="outgoing_messages")
+    in_reply_to = models.ForeignKey(
+        "mailsync.Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="outgoing_replies",
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.REPLY)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="outgoing_messages",
+    )
+    to = models.TextField(blank=True)
+    cc = models.TextField(blank=True)
+    bcc = models.TextField(blank=True)
+    subject = models.TextField(blank=True)
+    body_text = models.TextField(blank=True)
+
+    state = models.CharField(max_length=10, choices=State.choices, default=State.DRAFT)
+    # fixed once, when queued: a retry sends the very same bytes under the same id
+    message_id = models.CharField(max_length=255, blank=True, db_index=True)
+    envelope_from = models.CharField(max_length=320, blank=True)
+    envelope_recipients = models.JSONField(default=list, blank=True)
+    raw = models.ForeignKey(
+        "mailsync.Blob",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="outgoing_messages",
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    smtp_reply = models.TextField(blank=True)
+    sent_folder = models.CharField(max_length=512, blank=True)
+    sent_uid = models.BigIntegerField(null=True, blank=True)
+    sent_copy_error = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "queued_at"], name="outgoing_state_queued")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.subject[:60]!r} ({self.state})"
+
+    @property
+    def is_draft(self) -> bool:
+        return self.state == self.State.DRAFT
+
+
+class OutgoingAttachment(models.Model):
+    """A file sent with an outgoing message: an upload, or a forwarded original's part."""
+
+    outgoing = models.ForeignKey(
+        OutgoingMessage, on_delete=models.CASCADE, related_name="attachments"
+    )
+    blob = models.ForeignKey(
+        "mailsync.Blob", on_delete=models.PROTECT, related_name="outgoing_attachments"
+    )
+    source = models.ForeignKey(
+        "mailsync.Attachment",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forwarded_as",
+    )
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["outgoing", "position", "id"]
+
+    def __str__(self) -> str:
+        return self.filename

@@ -21,7 +21,7 @@ class ActionRefused(Exception):
     """The action cannot be done in the message's current state; str() says why."""
 
 
-def _actor_id(actor: Actor) -> int | None:
+def actor_id_of(actor: Actor) -> int | None:
     if actor is None or not actor.is_authenticated:
         return None
     return int(actor.pk)
@@ -74,12 +74,12 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
         flag=flag,
         add=on,
         base_modseq=message.modseq,
-        actor_id=_actor_id(actor),
+        actor_id=actor_id_of(actor),
     )
     Activity.objects.create(
         mailbox_id=message.folder.mailbox_id,
         message=message,
-        actor_id=_actor_id(actor),
+        actor_id=actor_id_of(actor),
         source=Activity.Source.APP,
         verb="flag_added" if on else "flag_removed",
         detail={"flag": flag},
@@ -146,7 +146,7 @@ def purge_message(*, message: Message, actor: Actor) -> None:
         uidvalidity=message.uidvalidity,
         uid=message.uid,
         kind=FlagChange.Kind.EXPUNGE,
-        actor_id=_actor_id(actor),
+        actor_id=actor_id_of(actor),
     )
     _record(message, actor, "purged", {})
     folder_id = message.folder_id
@@ -161,7 +161,7 @@ def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) ->
         uid=message.uid,
         kind=FlagChange.Kind.MOVE,
         target_folder=target,
-        actor_id=_actor_id(actor),
+        actor_id=actor_id_of(actor),
     )
     message.moving_to = target
     message.save(update_fields=["moving_to"])
@@ -174,7 +174,7 @@ def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]
     Activity.objects.create(
         mailbox_id=message.folder.mailbox_id,
         message=message,
-        actor_id=_actor_id(actor),
+        actor_id=actor_id_of(actor),
         source=Activity.Source.APP,
         verb=verb,
         detail=detail,
@@ -205,7 +205,7 @@ def set_membership(
     )
     Activity.objects.create(
         mailbox=mailbox,
-        actor_id=_actor_id(actor),
+        actor_id=actor_id_of(actor),
         source=Activity.Source.APP if actor is not None else Activity.Source.SYSTEM,
         verb="member_added" if created else "member_role_changed",
         detail={"user": user.get_username(), "role": role},

@@ -137,6 +137,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "mailsync.sweep_extraction",
         "schedule": timedelta(minutes=10),
     },
+    "sweep-outgoing-mail": {
+        "task": "teaminbox.sweep_outgoing",
+        "schedule": timedelta(minutes=5),
+    },
     "sweep-flag-outbox": {
         "task": "mailsync.sweep_flag_outbox",
         "schedule": timedelta(seconds=OUTBOX_SWEEP_SECONDS),

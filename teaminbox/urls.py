@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from teaminbox.views import inbox, message
+from teaminbox.views import compose, inbox, message
 
 urlpatterns = [
     path("", inbox.home, name="home"),
@@ -27,5 +27,17 @@ urlpatterns = [
         "m/<slug:mailbox>/messages/<int:message_id>/attachments/<int:attachment_id>/",
         message.attachment,
         name="attachment",
+    ),
+    path("m/<slug:mailbox>/messages/<int:message_id>/reply/", compose.reply, name="reply"),
+    path("m/<slug:mailbox>/outgoing/<int:outgoing_id>/", compose.compose, name="compose"),
+    path(
+        "m/<slug:mailbox>/outgoing/<int:outgoing_id>/save/",
+        compose.draft_save,
+        name="draft_save",
+    ),
+    path(
+        "m/<slug:mailbox>/outgoing/<int:outgoing_id>/retry/",
+        compose.outgoing_retry,
+        name="outgoing_retry",
     ),
 ]

@@ -69,7 +69,7 @@ def test_it_shows_members_the_list_the_message_and_the_attachment(synced_message
     assert b"See attachment." in client.get(urls["message"]).content
     download = client.get(urls["attachment"])
     assert download.status_code == 200
-    assert b"".join(download.streaming_content) == b"%PDF-1.4\n"
+    assert b"".join(download.streaming_content) == b"%PDF-1.4\n"  # type: ignore[attr-defined]
     assert "attachment" in download["Content-Disposition"]
 
 

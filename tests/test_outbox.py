@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import secrets
 from datetime import timedelta
 
 import pytest
@@ -14,8 +12,8 @@ from mailsync.models import Activity, FlagChange, Folder, Message
 from mailsync.outbox import release_stale_claims
 from mailsync.runner import push_folder_changes, sync_mailbox
 from teaminbox.services import delete_message, purge_message, restore_message, set_flag
-from tests.support.dovecot import RAWLOG_CONFIG
 from tests.support.mirror import comparable, server_state
+from tests.support.rawlog import stores_per_uid
 from tests.test_sync import app_state, make_mail
 
 pytestmark = pytest.mark.django_db
@@ -25,15 +23,6 @@ def synced_message(mailbox, user, subject="Case"):
     uid = user.append(make_mail(subject))
     sync_mailbox(mailbox)
     return Message.objects.get(folder__mailbox=mailbox, uid=uid, folder__name="INBOX")
-
-
-@pytest.fixture
-def recorded_user(dovecot_factory):
-    """A mail user on a Dovecot that records every command clients send."""
-    server = dovecot_factory("rawlog", RAWLOG_CONFIG)
-    user = server.add_user(f"raw-{secrets.token_hex(4)}@example.test", secrets.token_hex(8))
-    user.enable_rawlog()
-    return user
 
 
 def test_it_keeps_both_flags_when_another_client_changed_a_different_one(
@@ -200,13 +189,6 @@ def test_every_change_made_while_no_worker_ran_reaches_the_server_once(
 
     assert all(ANSWERED in flags for flags in user.flags().values())
     assert not FlagChange.objects.exclude(state=FlagChange.State.DONE).exists()
-    stored: dict[int, int] = {}
-    for command in user.rawlog_commands():
-        match = re.match(r"UID STORE (\S+) .*\+FLAGS\.SILENT \(\\Answered\)", command)
-        if match:
-            for part in match.group(1).split(","):
-                low, _, high = part.partition(":")
-                for uid in range(int(low), int(high or low) + 1):
-                    stored[uid] = stored.get(uid, 0) + 1
+    stored = stores_per_uid(user.rawlog_commands(), "\\Answered")
     assert sorted(stored) == sorted(m.uid for m in messages)
     assert set(stored.values()) == {1}, "some UID was stored more than once"

@@ -16,18 +16,23 @@ from mailsync.runner import sync_mailbox
 from teaminbox.services import set_flag
 from tests.support.paths import PROJECT_ROOT
 from tests.support.personas import child_database_url
+from tests.support.rawlog import stores_per_uid
 from tests.test_sync import make_mail
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def worker():
+def empty_broker():
     if not settings.REDIS_URL:
         pytest.skip("REDIS_URL is not set: the worker test needs Redis as its broker")
     import redis
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()  # no tasks left from earlier runs
+
+
+@pytest.fixture
+def worker(empty_broker):
     env = {**os.environ, "DATABASE_URL": child_database_url()}
     process = subprocess.Popen(
         [
@@ -87,3 +92,27 @@ def test_it_pushes_a_flag_change_through_a_real_worker(worker, shared_mailbox, m
         timeout=10,
         what="the outbox row to be marked done",
     )
+
+
+def test_changes_made_while_no_worker_ran_all_arrive_once_when_it_starts(
+    empty_broker, recorded_user, make_mailbox, bob, request
+):
+    mailbox = make_mailbox(recorded_user, name="recorded")
+    recorded_user.deliver_bulk(make_mail(f"Queued {n}") for n in range(100))
+    sync_mailbox(mailbox)
+    messages = list(Message.objects.filter(folder__mailbox=mailbox))
+    for message in messages:  # each commits and enqueues its push; no worker is running
+        set_flag(message=message, flag=FLAGGED, on=True, actor=bob)
+    assert FlagChange.objects.filter(state=FlagChange.State.PENDING).count() == 100
+
+    request.getfixturevalue("worker")  # the worker comes back
+
+    wait_for(
+        lambda: not FlagChange.objects.exclude(state=FlagChange.State.DONE).exists(),
+        timeout=60,
+        what="every outbox row to be done",
+    )
+    assert all("\\Flagged" in flags for flags in recorded_user.flags().values())
+    stored = stores_per_uid(recorded_user.rawlog_commands(), "\\Flagged")
+    assert sorted(stored) == sorted(m.uid for m in messages)
+    assert set(stored.values()) == {1}, "some UID was stored more than once"

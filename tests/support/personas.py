@@ -7,6 +7,7 @@ Loaded from tests/conftest.py as a pytest plugin.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from tests.support.dovecot import MailUser
+from tests.support.dovecot import RAWLOG_CONFIG, MailUser
 from tests.support.paths import PROJECT_ROOT
 
 PASSWORD = "correct-horse-battery"
@@ -69,6 +70,18 @@ def make_mailbox(db: Any) -> MailboxFactory:
         return mailbox
 
     return make
+
+
+@pytest.fixture
+def recorded_user(dovecot_factory: Any) -> MailUser:
+    """A mail user on a Dovecot that records every command clients send (rawlog), to
+    count what we really sent: a flag stored twice looks the same in the mailbox."""
+    server = dovecot_factory("rawlog", RAWLOG_CONFIG)
+    user: MailUser = server.add_user(
+        f"raw-{secrets.token_hex(4)}@example.test", secrets.token_hex(8)
+    )
+    user.enable_rawlog()
+    return user
 
 
 @pytest.fixture

@@ -1,0 +1,599 @@
+"""Replies from the app: drafts, sending through the mailbox's SMTP server, Sent, \\Answered.
+
+Writes are keyword-only services under ``@transaction.atomic`` (like ``services.py``);
+``deliver`` is the worker side and talks to the network outside any transaction.
+
+Sent at most once. ``send_reply`` builds the exact bytes and fixes the Message-ID when the
+row is queued; ``deliver`` claims the row with one conditional UPDATE (queued -> sending),
+so a task that Celery delivers twice, or two workers, send it once. The one unavoidable
+gap: a crash after the SMTP server accepted the message and before the row is marked
+"sent" leaves it in "sending". Such rows are never re-sent automatically:
+``fail_stale_sending`` marks them failed for a person to check, who may then retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from email.utils import make_msgid
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from mailsync.crypto import CredentialError
+from mailsync.engine import smtp
+from mailsync.engine.compose import (
+    HeaderError,
+    OutgoingMail,
+    Recipient,
+    build_message,
+    check_address,
+    check_header_text,
+    format_address_list,
+    forward_subject,
+    one_line,
+    parse_address_list,
+    quote_body,
+    references_for,
+    reply_subject,
+    unique_recipients,
+)
+from mailsync.engine.compose import (
+    OutgoingAttachment as MailAttachment,
+)
+from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
+from mailsync.engine.flags import ANSWERED, SEEN
+from mailsync.engine.mime import ParsedAddress, ParsedMessage, html_to_text, parse_message
+from mailsync.ingest import store_blobs
+from mailsync.models import Activity, Mailbox, Message
+from mailsync.runner import open_session
+from teaminbox.models import OutgoingAttachment, OutgoingMessage
+from teaminbox.services import Actor, actor_id_of, set_flag
+
+log = logging.getLogger(__name__)
+
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # in total per message, before base64
+MAX_ATTEMPTS = 8  # transient SMTP failures before a row is failed for a person to check
+STALE_SENDING = timedelta(minutes=15)
+SENT_FOLDER_NAMES = ("sent", "sent items", "sent messages", "sent mail", "inbox.sent")
+VERBS = {
+    OutgoingMessage.Kind.REPLY: "replied",
+    OutgoingMessage.Kind.REPLY_ALL: "replied_to_all",
+    OutgoingMessage.Kind.FORWARD: "forwarded",
+    OutgoingMessage.Kind.NEW: "sent_new_message",
+}
+EDITABLE_FIELDS = ("to", "cc", "bcc", "subject", "body_text")
+
+
+class ReplyInvalid(Exception):
+    """What a person must fix before sending: field name -> sentence (``__all__`` too)."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class NotADraft(Exception):
+    """The row was already queued or sent: it cannot be edited or sent again."""
+
+
+# -- drafts ------------------------------------------------------------------------------
+
+
+def shared_addresses(mailbox: Mailbox) -> set[str]:
+    """Addresses that are the team itself: never a recipient of its own replies."""
+    candidates = [mailbox.email_address, mailbox.username, mailbox.smtp_username]
+    return {a.strip().lower() for a in candidates if a and "@" in a}
+
+
+def team_name(mailbox: Mailbox) -> str:
+    """The display name in From. Mailbox has no display-name field yet: use its slug."""
+    return one_line(mailbox.name.replace("-", " ").replace("_", " ")).title()
+
+
+@transaction.atomic
+def start_reply(*, message: Message, kind: str, actor: Actor) -> OutgoingMessage:
+    """A new draft answering (or forwarding) ``message``, prefilled like a mail client."""
+    if kind not in OutgoingMessage.Kind.values or kind == OutgoingMessage.Kind.NEW:
+        raise ValueError(f"not a reply kind: {kind!r}")
+    mailbox = message.folder.mailbox
+    parsed = parse_message(message.blob.read())
+    own = shared_addresses(mailbox)
+    to: tuple[Recipient, ...] = ()
+    cc: tuple[Recipient, ...] = ()
+    if kind == OutgoingMessage.Kind.FORWARD:
+        subject = forward_subject(parsed.subject or message.subject)
+        body = _forward_body(message, parsed)
+    else:
+        sender = parsed.sender
+        targets = _recipients(parsed.reply_to) or _recipients([sender] if sender else [])
+        if sender and sender.address.lower() in own and not parsed.reply_to:
+            # our own sent message: a reply goes to whoever it was sent to
+            targets = _recipients(parsed.to)
+        to = unique_recipients(targets, exclude=own)
+        if kind == OutgoingMessage.Kind.REPLY_ALL:
+            others = _recipients([*parsed.to, *parsed.cc])
+            cc = unique_recipients(others, exclude=own | {r.address.lower() for r in to})
+        subject = reply_subject(parsed.subject or message.subject)
+        body = quote_body(_original_text(parsed), attribution=_attribution(message, parsed))
+    draft = OutgoingMessage.objects.create(
+        mailbox=mailbox,
+        in_reply_to=message,
+        kind=kind,
+        author_id=actor_id_of(actor),
+        to=format_address_list(to),
+        cc=format_address_list(cc),
+        subject=subject,
+        body_text=body,
+    )
+    if kind == OutgoingMessage.Kind.FORWARD:
+        _copy_original_attachments(draft, message, parsed)
+    return draft
+
+
+def open_reply(*, message: Message, kind: str, actor: Actor) -> OutgoingMessage:
+    """The person's unsent draft of this kind for this message, else a new one: opening
+    "Reply" twice (or reloading) continues the autosaved draft."""
+    existing = (
+        OutgoingMessage.objects.filter(
+            in_reply_to=message,
+            kind=kind,
+            author_id=actor_id_of(actor),
+            state=OutgoingMessage.State.DRAFT,
+        )
+        .order_by("-updated_at")
+        .first()
+    )
+    return existing or start_reply(message=message, kind=kind, actor=actor)
+
+
+@transaction.atomic
+def save_draft(
+    *,
+    draft: OutgoingMessage,
+    to: str,
+    cc: str,
+    bcc: str,
+    subject: str,
+    body_text: str,
+    actor: Actor,
+) -> OutgoingMessage:
+    """Autosave: store what was typed as is (checked only when sending)."""
+    draft = _lock_draft(draft)
+    draft.to, draft.cc, draft.bcc = to, cc, bcc
+    draft.subject, draft.body_text = subject, body_text
+    draft.save(update_fields=[*EDITABLE_FIELDS, "updated_at"])
+    return draft
+
+
+@transaction.atomic
+def add_attachment(
+    *, draft: OutgoingMessage, filename: str, content_type: str, data: bytes, actor: Actor
+) -> OutgoingAttachment:
+    draft = _lock_draft(draft)
+    total = sum(a.size for a in draft.attachments.all()) + len(data)
+    if total > MAX_ATTACHMENT_BYTES:
+        raise ReplyInvalid(
+            {"attachments": f"Attachments may add up to {MAX_ATTACHMENT_BYTES // 2**20} MB."}
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    store_blobs({digest: data})
+    return OutgoingAttachment.objects.create(
+        outgoing=draft,
+        blob_id=digest,
+        filename=one_line(filename)[:255] or "attachment.bin",
+        content_type=one_line(content_type)[:255] or "application/octet-stream",
+        size=len(data),
+        position=draft.attachments.count(),
+    )
+
+
+@transaction.atomic
+def remove_attachment(*, draft: OutgoingMessage, attachment_id: int, actor: Actor) -> None:
+    draft = _lock_draft(draft)
+    draft.attachments.filter(pk=attachment_id).delete()
+
+
+@transaction.atomic
+def discard_draft(*, draft: OutgoingMessage, actor: Actor) -> None:
+    _lock_draft(draft).delete()
+
+
+# -- sending -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedRecipients:
+    to: tuple[Recipient, ...]
+    cc: tuple[Recipient, ...]
+    bcc: tuple[Recipient, ...]
+
+    @property
+    def envelope(self) -> list[str]:
+        return [r.address for r in unique_recipients([*self.to, *self.cc, *self.bcc])]
+
+
+def check_draft(draft: OutgoingMessage) -> CheckedRecipients:
+    """Everything a person must fix before sending, all at once (ReplyInvalid)."""
+    errors: dict[str, str] = {}
+    lists: dict[str, tuple[Recipient, ...]] = {}
+    for name in ("to", "cc", "bcc"):
+        try:
+            lists[name] = parse_address_list(getattr(draft, name), name.capitalize())
+        except HeaderError as exc:
+            errors[name] = str(exc)
+    try:
+        check_header_text(draft.subject, "The subject")
+    except HeaderError as exc:
+        errors["subject"] = str(exc)
+    if not errors and not any(lists.values()):
+        errors["to"] = "Add at least one recipient."
+    try:
+        check_address(draft.mailbox.email_address)
+    except HeaderError:
+        errors["__all__"] = (
+            "This mailbox has no valid shared address to send from; an admin must set one."
+        )
+    if errors:
+        raise ReplyInvalid(errors)
+    return CheckedRecipients(to=lists["to"], cc=lists["cc"], bcc=lists["bcc"])
+
+
+@transaction.atomic
+def send_reply(*, draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
+    """Check the draft, build its bytes once, queue it; the worker sends it on commit.
+
+    Raises ReplyInvalid (nothing changes) or NotADraft (already queued: a double-click or
+    a resubmitted form sends nothing twice).
+    """
+    draft = _lock_draft(draft)
+    recipients = check_draft(draft)
+    mailbox = draft.mailbox
+    original = draft.in_reply_to
+    shared = mailbox.email_address.strip()
+    message_id = make_msgid(domain=shared.rpartition("@")[2])
+    in_reply_to = ""
+    references: tuple[str, ...] = ()
+    if original is not None and original.message_id:
+        chain = original.references or ([original.in_reply_to] if original.in_reply_to else [])
+        references = references_for(original.message_id, [str(r) for r in chain])
+        if draft.kind != OutgoingMessage.Kind.FORWARD:
+            in_reply_to = original.message_id
+    attachments = tuple(
+        MailAttachment(filename=a.filename, content_type=a.content_type, payload=a.blob.read())
+        for a in draft.attachments.select_related("blob")
+    )
+    try:
+        raw = build_message(
+            OutgoingMail(
+                sender=Recipient(name=team_name(mailbox), address=shared),
+                to=recipients.to,
+                cc=recipients.cc,
+                subject=draft.subject,
+                body=draft.body_text,
+                message_id=message_id,
+                date=timezone.now(),
+                in_reply_to=in_reply_to,
+                references=references,
+                attachments=attachments,
+            )
+        )
+    except HeaderError as exc:  # the checks above should have caught it; never send it
+        raise ReplyInvalid({"__all__": str(exc)}) from exc
+    digest = hashlib.sha256(raw).hexdigest()
+    store_blobs({digest: raw})
+    draft.raw_id = digest
+    draft.message_id = message_id.strip("<>")
+    draft.envelope_from = shared
+    draft.envelope_recipients = recipients.envelope
+    draft.state = OutgoingMessage.State.QUEUED
+    draft.queued_at = timezone.now()
+    draft.last_error = ""
+    draft.save()
+    Activity.objects.create(
+        mailbox=mailbox,
+        message=original,
+        actor_id=actor_id_of(actor),
+        source=Activity.Source.APP,
+        verb=VERBS[OutgoingMessage.Kind(draft.kind)],
+        detail={
+            "outgoing": draft.pk,
+            "to": recipients.envelope,
+            "subject": draft.subject,
+            "message_id": draft.message_id,
+        },
+    )
+    outgoing_id = draft.pk
+    transaction.on_commit(lambda: enqueue_delivery(outgoing_id))
+    return draft
+
+
+@transaction.atomic
+def retry_outgoing(*, outgoing: OutgoingMessage, actor: Actor) -> OutgoingMessage:
+    """A person decided a failed message should go out (again): the same bytes and
+    Message-ID, so a recipient who did get the first copy can recognise the second."""
+    outgoing = OutgoingMessage.objects.select_for_update().get(pk=outgoing.pk)
+    if outgoing.state != OutgoingMessage.State.FAILED:
+        raise NotADraft(f"only a failed message can be retried (this one is {outgoing.state})")
+    outgoing.state = OutgoingMessage.State.QUEUED
+    outgoing.queued_at = timezone.now()
+    outgoing.attempts = 0
+    outgoing.save(update_fields=["state", "queued_at", "attempts", "updated_at"])
+    Activity.objects.create(
+        mailbox_id=outgoing.mailbox_id,
+        message_id=outgoing.in_reply_to_id,
+        actor_id=actor_id_of(actor),
+        source=Activity.Source.APP,
+        verb="reply_retried",
+        detail={"outgoing": outgoing.pk},
+    )
+    outgoing_id = outgoing.pk
+    transaction.on_commit(lambda: enqueue_delivery(outgoing_id))
+    return outgoing
+
+
+def enqueue_delivery(outgoing_id: int) -> None:
+    from teaminbox.tasks import send_outgoing
+
+    try:
+        send_outgoing.delay(outgoing_id)
+    except Exception:
+        log.warning("could not enqueue delivery of %s; the sweeper will", outgoing_id)
+
+
+# -- the worker side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outgoing_id: int
+    sent: bool
+    saved_to_sent: bool = False
+    error: str = ""
+
+
+def claim(outgoing_id: int) -> bool:
+    """queued -> sending, in one conditional UPDATE: true for exactly one caller."""
+    return bool(
+        OutgoingMessage.objects.filter(pk=outgoing_id, state=OutgoingMessage.State.QUEUED).update(
+            state=OutgoingMessage.State.SENDING,
+            claimed_at=timezone.now(),
+            attempts=F("attempts") + 1,
+            updated_at=timezone.now(),
+        )
+    )
+
+
+def deliver(outgoing_id: int) -> Delivery | None:
+    """Send one queued message, file it in Sent, mark the original \\Answered.
+
+    Returns None when the row was not queued (already sent, being sent, or a draft): that
+    is how a second run of the same task sends nothing. Raises a transient ``MailError``
+    after putting the row back in the queue, for the task to retry with backoff.
+    """
+    if not claim(outgoing_id):
+        return None
+    outgoing = OutgoingMessage.objects.select_related(
+        "mailbox", "raw", "in_reply_to", "author"
+    ).get(pk=outgoing_id)
+    mailbox = outgoing.mailbox
+    raw = outgoing.raw.read() if outgoing.raw is not None else b""
+    try:
+        if not raw:
+            raise ConfigurationError("nothing to send: the message was never built")
+        try:
+            account = mailbox.smtp_account()
+        except CredentialError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        result = smtp.send_message(
+            account,
+            sender=outgoing.envelope_from,
+            recipients=[str(r) for r in outgoing.envelope_recipients],
+            raw=raw,
+            timeout=float(settings.IMAP_TIMEOUT_SECONDS),
+        )
+    except MailError as exc:
+        retry = exc.transient and outgoing.attempts < MAX_ATTEMPTS
+        _record_failure(outgoing, exc, requeue=retry)
+        if retry:
+            raise
+        return Delivery(outgoing_id, sent=False, error=str(exc))
+
+    refused = "; ".join(f"{r}: {c} {a}" for r, (c, a) in result.refused.items())
+    OutgoingMessage.objects.filter(pk=outgoing.pk, state=OutgoingMessage.State.SENDING).update(
+        state=OutgoingMessage.State.SENT,
+        sent_at=timezone.now(),
+        smtp_reply=result.reply[:1000],
+        last_error=f"refused by the server: {refused}"[:2000] if refused else "",
+        updated_at=timezone.now(),
+    )
+    saved = False if mailbox.server_saves_sent else _save_to_sent(outgoing, raw)
+    original = outgoing.in_reply_to
+    if (
+        original is not None
+        and original.expunged_at is None
+        and outgoing.kind in {OutgoingMessage.Kind.REPLY, OutgoingMessage.Kind.REPLY_ALL}
+    ):
+        set_flag(message=original, flag=ANSWERED, on=True, actor=outgoing.author)
+    return Delivery(outgoing_id, sent=True, saved_to_sent=saved)
+
+
+def _save_to_sent(outgoing: OutgoingMessage, raw: bytes) -> bool:
+    """APPEND the exact bytes sent, with \\Seen; a failure is recorded, never re-sent."""
+    try:
+        imap = open_session(outgoing.mailbox)
+        try:
+            folder = imap.find_special_folder("\\Sent")
+            if folder is None:
+                names = {f.name.lower(): f.name for f in imap.list_folders() if f.selectable}
+                folder = next((names[n] for n in SENT_FOLDER_NAMES if n in names), None)
+            if folder is None:
+                raise FolderMissing("the server has no Sent folder (none marked \\Sent)")
+            uid = imap.append(folder, raw, [SEEN])
+        finally:
+            imap.close()
+    except MailError as exc:
+        log.warning("outgoing %s sent but not saved to Sent: %s", outgoing.pk, exc)
+        OutgoingMessage.objects.filter(pk=outgoing.pk).update(sent_copy_error=str(exc)[:2000])
+        Activity.objects.create(
+            mailbox_id=outgoing.mailbox_id,
+            message_id=outgoing.in_reply_to_id,
+            source=Activity.Source.SYSTEM,
+            verb="sent_copy_failed",
+            detail={"outgoing": outgoing.pk, "error": str(exc)[:500]},
+        )
+        return False
+    OutgoingMessage.objects.filter(pk=outgoing.pk).update(
+        sent_folder=folder, sent_uid=uid, sent_copy_error=""
+    )
+    return True
+
+
+def _record_failure(outgoing: OutgoingMessage, exc: MailError, *, requeue: bool) -> None:
+    text = str(exc)[:2000]
+    if isinstance(exc, smtp.DeliveryUncertain):
+        text = f"{text}. Check with the recipient before retrying."
+    state = OutgoingMessage.State.QUEUED if requeue else OutgoingMessage.State.FAILED
+    OutgoingMessage.objects.filter(pk=outgoing.pk, state=OutgoingMessage.State.SENDING).update(
+        state=state, last_error=text, updated_at=timezone.now()
+    )
+    if not requeue:
+        Activity.objects.create(
+            mailbox_id=outgoing.mailbox_id,
+            message_id=outgoing.in_reply_to_id,
+            source=Activity.Source.SYSTEM,
+            verb="reply_failed",
+            detail={"outgoing": outgoing.pk, "error": text[:500]},
+        )
+
+
+def fail_stale_sending(*, older_than: timedelta = STALE_SENDING) -> int:
+    """Rows a crashed worker left in "sending": perhaps sent, so never sent again by
+    themselves. Failed, with a note, for a person to check and retry."""
+    cutoff = timezone.now() - older_than
+    stale = list(
+        OutgoingMessage.objects.filter(
+            state=OutgoingMessage.State.SENDING, claimed_at__lt=cutoff
+        ).values_list("pk", "mailbox_id", "in_reply_to_id")
+    )
+    for pk, mailbox_id, message_id in stale:
+        changed = OutgoingMessage.objects.filter(
+            pk=pk, state=OutgoingMessage.State.SENDING, claimed_at__lt=cutoff
+        ).update(
+            state=OutgoingMessage.State.FAILED,
+            last_error=(
+                "a worker stopped while sending this message; it may have been delivered. "
+                "Check the Sent folder or with the recipient before retrying."
+            ),
+        )
+        if changed:
+            Activity.objects.create(
+                mailbox_id=mailbox_id,
+                message_id=message_id,
+                source=Activity.Source.SYSTEM,
+                verb="reply_failed",
+                detail={"outgoing": pk, "error": "delivery state unknown"},
+            )
+    return len(stale)
+
+
+def queued_ids(*, older_than: timedelta) -> list[int]:
+    """Queued rows whose task may have been lost (a broker outage): for the sweeper."""
+    cutoff = timezone.now() - older_than
+    return list(
+        OutgoingMessage.objects.filter(
+            state=OutgoingMessage.State.QUEUED, updated_at__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _lock_draft(draft: OutgoingMessage) -> OutgoingMessage:
+    locked = (
+        OutgoingMessage.objects.select_for_update(of=("self",))
+        .select_related("mailbox", "in_reply_to")
+        .get(pk=draft.pk)
+    )
+    if locked.state != OutgoingMessage.State.DRAFT:
+        raise NotADraft(f"this message is {locked.get_state_display().lower()}, not a draft")
+    return locked
+
+
+def _recipients(addresses: Iterable[ParsedAddress | None]) -> tuple[Recipient, ...]:
+    found: list[Recipient] = []
+    for item in addresses:
+        if item is not None and item.address:
+            found.append(Recipient(name=one_line(item.name), address=item.address.strip()))
+    return tuple(found)
+
+
+def _original_text(parsed: ParsedMessage) -> str:
+    return parsed.text or (html_to_text(parsed.html) if parsed.html else "")
+
+
+def _attribution(message: Message, parsed: ParsedMessage) -> str:
+    sender = parsed.sender.display() if parsed.sender else (message.sender_display or "someone")
+    when = parsed.date or message.date
+    if when is None:
+        return f"{one_line(sender)} wrote:"
+    local = timezone.localtime(when) if timezone.is_aware(when) else when
+    return f"On {local:%a, %d %b %Y at %H:%M}, {one_line(sender)} wrote:"
+
+
+def _forward_body(message: Message, parsed: ParsedMessage) -> str:
+    lines = ["", "", "---------- Forwarded message ----------"]
+    if parsed.sender:
+        lines.append(f"From: {one_line(parsed.sender.display())}")
+    when = parsed.date or message.date
+    if when is not None:
+        local = timezone.localtime(when) if timezone.is_aware(when) else when
+        lines.append(f"Date: {local:%a, %d %b %Y at %H:%M}")
+    lines.append(f"Subject: {one_line(parsed.subject or message.subject)}")
+    if parsed.to:
+        lines.append("To: " + one_line(", ".join(a.display() for a in parsed.to)))
+    if parsed.cc:
+        lines.append("Cc: " + one_line(", ".join(a.display() for a in parsed.cc)))
+    lines.append("")
+    return "\n".join(lines) + "\n" + _original_text(parsed).rstrip("\n") + "\n"
+
+
+def _copy_original_attachments(
+    draft: OutgoingMessage, message: Message, parsed: ParsedMessage
+) -> None:
+    """Forwarding keeps the original's attachments: the stored parts when extracted,
+    else the ones parsed just now (stored content-addressed, so never twice)."""
+    stored = list(message.attachments.filter(inline=False).select_related("blob"))
+    if stored:
+        OutgoingAttachment.objects.bulk_create(
+            OutgoingAttachment(
+                outgoing=draft,
+                blob_id=a.blob_id,
+                source=a,
+                filename=a.filename,
+                content_type=a.content_type,
+                size=a.size,
+                position=n,
+            )
+            for n, a in enumerate(stored)
+        )
+        return
+    parts = [a for a in parsed.attachments if not a.inline]
+    store_blobs({hashlib.sha256(a.payload).hexdigest(): a.payload for a in parts})
+    OutgoingAttachment.objects.bulk_create(
+        OutgoingAttachment(
+            outgoing=draft,
+            blob_id=hashlib.sha256(a.payload).hexdigest(),
+            filename=a.filename,
+            content_type=a.content_type,
+            size=len(a.payload),
+            position=n,
+        )
+        for n, a in enumerate(parts)
+    )
