@@ -23,12 +23,6 @@ from tests.support.personas import PASSWORD
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The default PBKDF2 costs ≈0.9 s per hash here: three users and a login per test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def make_mail(
     subject: str,
     *,

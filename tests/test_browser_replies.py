@@ -13,6 +13,7 @@ from mailsync.models import Message
 from mailsync.runner import push_folder_changes, sync_mailbox
 from teaminbox import replies
 from teaminbox.models import OutgoingMessage
+from tests.browser import save_screenshot
 from tests.support.smtp import QUIET_AUTH_WARNING, SMTP_PASSWORD, SMTP_USER, smtp_server
 
 pytestmark = [
@@ -30,11 +31,6 @@ Message-ID: <parcel-1@example.org>
 
 Hello, my parcel has not arrived.
 """
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def test_bob_replies_in_the_browser_with_an_autosaved_draft(
@@ -58,6 +54,7 @@ def test_bob_replies_in_the_browser_with_an_autosaved_draft(
         with page.expect_response(lambda response: response.url.endswith("/save/")) as saved:
             body.type("It left our warehouse today.")
         assert saved.value.ok
+        save_screenshot(page, "screen-compose")
         expect(page.locator("#draft-status")).to_contain_text(re.compile(r"Saved \d\d:\d\d"))
 
         page.reload()

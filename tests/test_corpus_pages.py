@@ -29,12 +29,6 @@ from tests.support.dovecot import MailUser
 SHOWN_RAW_NOTICE = "could not be decoded as MIME"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The default PBKDF2 costs ≈0.9 s per hash here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @dataclass(frozen=True)
 class Appended:
     path: str  # relative to the corpus directory
