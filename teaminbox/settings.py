@@ -181,12 +181,22 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 SESSION_COOKIE_HTTPONLY = True
-X_FRAME_OPTIONS = "SAMEORIGIN"  # the message body iframe is same-origin and sandboxed
+# The message body is a same-origin, sandboxed iframe of our own: SAMEORIGIN, not DENY.
+X_FRAME_OPTIONS = "SAMEORIGIN"
+SILENCED_SYSTEM_CHECKS = ["security.W019"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-if not DEBUG:
-    SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", False)
-    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Served over HTTPS (directly or behind a proxy that sets X-Forwarded-Proto): secure
+# cookies, redirects to HTTPS and HSTS. Production sets it; `check --deploy` then passes.
+SECURE_HTTPS = envbool("SECURE_HTTPS", False)
+if SECURE_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", True)
 
 LOGGING = {
     "version": 1,
