@@ -36,11 +36,14 @@ def take_folder_lease(folder_id: int, *, seconds: int | None = None) -> str | No
     return token if taken else None
 
 
-def renew_folder_lease(folder_id: int, token: str, *, seconds: int | None = None) -> bool:
+def renew_folder_lease(
+    folder_id: int, token: str, *, fetched: int = 0, total: int = 0, seconds: int | None = None
+) -> bool:
+    """Extend the lease (after each batch); the same UPDATE records the fetch progress."""
     ttl = timedelta(seconds=seconds or settings.SYNC_LEASE_SECONDS)
     return bool(
         Folder.objects.filter(pk=folder_id, lease_owner=token).update(
-            lease_expires_at=timezone.now() + ttl
+            lease_expires_at=timezone.now() + ttl, sync_fetched=fetched, sync_total=total
         )
     )
 

@@ -134,7 +134,7 @@ def sync_one_folder(
     with folder_lease(folder.pk, wait=wait_for_lease) as token:
 
         def progress(step: SyncProgress) -> None:
-            renew_folder_lease(folder.pk, token)
+            renew_folder_lease(folder.pk, token, fetched=step.fetched, total=step.total)
             if on_progress is not None:
                 on_progress(step)
 
@@ -148,6 +148,8 @@ def sync_one_folder(
         except MailError as exc:
             Folder.objects.filter(pk=folder.pk).update(last_error=str(exc)[:2000])
             raise
+        finally:
+            Folder.objects.filter(pk=folder.pk).update(sync_fetched=0, sync_total=0)
         if report.uidvalidity_reset:
             # changes that waited for the renumbering now name their message's new UID
             push_flag_changes(imap, folder)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("m/<slug:mailbox>/", inbox.inbox, name="inbox"),
+    path("m/<slug:mailbox>/status/", inbox.sync_status, name="sync_status"),
     path("m/<slug:mailbox>/messages/<int:message_id>/", message.message_page, name="message"),
     path(
         "m/<slug:mailbox>/messages/<int:message_id>/body/",

@@ -120,3 +120,32 @@ def test_it_rejects_an_unknown_flag_action(synced_message, bob):
     response = client_for(bob).post(flag_url, {"action": "<script>"})
     assert response.status_code == 400
     assert b"<script>" not in response.content
+
+
+def test_the_sync_status_endpoint_reports_progress_and_ends_the_polling_when_done(
+    synced_message, bob
+):
+    mailbox = synced_message.folder.mailbox
+    url = reverse("sync_status", kwargs={"mailbox": mailbox.name})
+    client = client_for(bob)
+    mailbox.sync_status = mailbox.SyncStatus.SYNCING
+    mailbox.save()
+    synced_message.folder.__class__.objects.filter(pk=synced_message.folder_id).update(
+        sync_fetched=150, sync_total=1000
+    )
+
+    running = client.get(url)
+    assert b"INBOX: 150 of 1000" in running.content
+    assert b'hx-trigger="every 2s"' in running.content
+    assert "HX-Trigger" not in running
+
+    mailbox.sync_status = mailbox.SyncStatus.OK
+    mailbox.save()
+    done = client.get(url)
+    assert b"every 2s" not in done.content
+    assert done["HX-Trigger"] == "mailbox-synced"
+
+
+def test_the_sync_status_of_a_mailbox_is_404_for_a_non_member(synced_message, charlie):
+    url = reverse("sync_status", kwargs={"mailbox": synced_message.folder.mailbox.name})
+    assert client_for(charlie).get(url).status_code == 404

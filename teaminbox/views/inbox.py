@@ -20,6 +20,16 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @login_required
+def sync_status(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
+    """The sync status line, polled by the page while a sync runs."""
+    box = get_mailbox_for(request.user, mailbox)
+    response = render(request, "_partials/sync_status.html", {"mailbox": box})
+    if box.sync_status != box.SyncStatus.SYNCING:
+        response["HX-Trigger"] = "mailbox-synced"  # the list reloads once, at the end
+    return response
+
+
+@login_required
 def inbox(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     folder = inbox_folder(box, request.GET.get("folder"))
