@@ -32,6 +32,7 @@ from mailsync.engine.errors import (
     TlsError,
 )
 from mailsync.engine.flags import normalize_flags
+from mailsync.engine.tls import default_context
 
 # Each FETCH/STORE names at most this many UIDs, so a command line stays far below
 # imaplib's 1,000,000-byte _MAXLINE even with sparse UID sets (django-mailbox #81).
@@ -143,7 +144,7 @@ class ImapSession:
         ignore_capabilities: Iterable[str] = (),
     ) -> ImapSession:
         where = f"{account.host}:{account.port}"
-        context = ssl_context or ssl.create_default_context()
+        context = ssl_context or default_context()
         try:
             client = IMAPClient(
                 account.host,

@@ -31,6 +31,7 @@ from mailsync.engine.errors import (
     ServerUnreachable,
     TlsError,
 )
+from mailsync.engine.tls import default_context
 
 
 class MessageRefused(MailError):
@@ -83,7 +84,7 @@ def send_message(
     if not recipients:
         raise ConfigurationError("no recipients")
     where = f"{account.host}:{account.port}"
-    context = ssl_context or ssl.create_default_context()
+    context = ssl_context or default_context()
     client = _connect(account, context, timeout, where)
     try:
         _secure_and_login(client, account, context, where)
