@@ -15,7 +15,7 @@ from django.db import connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from mailsync.engine.mime import ParsedMessage, envelope_of, parse_message
+from mailsync.engine.mime import ParsedMessage, envelope_of, fallback_message, parse_message
 from mailsync.ingest import apply_envelope, clean_text, store_blobs
 from mailsync.models import Attachment, Mailbox, Message
 
@@ -117,19 +117,4 @@ def _parse_safely(raw: bytes) -> ParsedMessage:
         return parse_message(raw)
     except Exception:  # parse_message promises not to raise; a bug there must not lose mail
         log.exception("parser failed; the message is shown raw")
-        return ParsedMessage(
-            subject="",
-            sender=None,
-            to=(),
-            cc=(),
-            reply_to=(),
-            date=None,
-            message_id="",
-            in_reply_to="",
-            references=(),
-            text=raw.decode("utf-8", "replace"),
-            html="",
-            attachments=(),
-            notices=("This message could not be parsed; it is shown raw.",),
-            shown_raw=True,
-        )
+        return fallback_message(raw, "the parser failed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 
 class MailError(Exception):
     """Base class; ``str(error)`` is one line fit for an admin or a terminal."""
@@ -35,3 +37,14 @@ class ProtocolError(MailError):
 
 class FolderMissing(MailError):
     """A folder chosen for sync does not exist on the server."""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A network failure in a few words, for a one-line error."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return str(exc) or exc.__class__.__name__

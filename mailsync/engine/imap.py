@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import re
-import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from mailsync.engine.errors import (
     ProtocolError,
     ServerUnreachable,
     TlsError,
+    describe_os_error,
 )
 from mailsync.engine.flags import normalize_flags
 from mailsync.engine.tls import default_context
@@ -158,9 +158,7 @@ class ImapSession:
         except ssl.SSLError as exc:
             raise TlsError(f"{where}: TLS handshake failed ({exc.reason or exc})") from exc
         except (OSError, imaplib.IMAP4.error) as exc:
-            raise ServerUnreachable(
-                f"cannot connect to {where}: {_describe_os_error(exc)}"
-            ) from exc
+            raise ServerUnreachable(f"cannot connect to {where}: {describe_os_error(exc)}") from exc
         client.normalise_times = False  # keep INTERNALDATE timezone-aware
         try:
             if account.security == "starttls":
@@ -576,7 +574,7 @@ class ImapSession:
                 raise FolderMissing(f"folder {folder!r} does not exist on the server") from exc
             raise ProtocolError(f"{what} refused: {text}") from exc
         except OSError as exc:
-            raise ServerUnreachable(f"{what}: connection lost ({_describe_os_error(exc)})") from exc
+            raise ServerUnreachable(f"{what}: connection lost ({describe_os_error(exc)})") from exc
 
 
 def _copyuid_map(texts: Iterable[str]) -> tuple[int | None, dict[int, int]]:
@@ -649,16 +647,6 @@ def _parse_internaldate(value: Any) -> datetime | None:
 def _server_text(exc: BaseException) -> str:
     text = _text(exc.args[0]) if exc.args else str(exc)
     return text.strip().strip("[]'\"") or exc.__class__.__name__
-
-
-def _describe_os_error(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host name not found"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out"
-    return str(exc) or exc.__class__.__name__
 
 
 def _safe_shutdown(client: IMAPClient) -> None:

@@ -69,6 +69,7 @@ __all__ = [
     "ParsedMessage",
     "decode_words",
     "envelope_of",
+    "fallback_message",
     "html_to_text",
     "parse_envelope",
     "parse_message",
@@ -80,7 +81,8 @@ __all__ = [
 # --------------------------------------------------------------------------- entry points
 
 
-def _fallback(raw: bytes, reason: str) -> ParsedMessage:
+def fallback_message(raw: bytes, reason: str) -> ParsedMessage:
+    """The message as raw text with a notice: what is shown when parsing failed."""
     text = _clean_body(mime_charsets.decode_8bit(raw[:10_000_000]))
     return ParsedMessage(
         subject="",
@@ -219,12 +221,12 @@ def parse_message(raw: bytes) -> ParsedMessage:
     try:
         return _parse(data)
     except RecursionError:
-        return _fallback(data, "it is nested too deeply")
+        return fallback_message(data, "it is nested too deeply")
     except Exception as exc:  # the contract is: never raise
         try:
-            return _fallback(data, type(exc).__name__)
+            return fallback_message(data, type(exc).__name__)
         except Exception:
-            return _fallback(b"", type(exc).__name__)
+            return fallback_message(b"", type(exc).__name__)
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")

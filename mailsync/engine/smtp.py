@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from mailsync.engine.errors import (
     MailError,
     ServerUnreachable,
     TlsError,
+    describe_os_error,
 )
 from mailsync.engine.tls import default_context
 
@@ -126,7 +126,7 @@ def _connect(
             f"{where}: the server is not accepting mail ({exc.smtp_code} {_text(exc.smtp_error)})"
         ) from exc
     except (OSError, smtplib.SMTPException) as exc:
-        raise ServerUnreachable(f"cannot connect to {where}: {_describe(exc)}") from exc
+        raise ServerUnreachable(f"cannot connect to {where}: {describe_os_error(exc)}") from exc
     client.local_hostname = _address_literal(client)
     return client
 
@@ -163,7 +163,7 @@ def _secure_and_login(
             f"{where}: the server refused the session ({exc.smtp_code} {_text(exc.smtp_error)})"
         ) from exc
     except (OSError, smtplib.SMTPException) as exc:
-        raise ServerUnreachable(f"{where}: connection lost ({_describe(exc)})") from exc
+        raise ServerUnreachable(f"{where}: connection lost ({describe_os_error(exc)})") from exc
 
 
 def _transaction(
@@ -194,7 +194,7 @@ def _transaction(
         raise
     except (OSError, smtplib.SMTPException) as exc:
         raise ServerUnreachable(
-            f"{where}: connection lost before sending ({_describe(exc)})"
+            f"{where}: connection lost before sending ({describe_os_error(exc)})"
         ) from exc
     try:
         code, answer = client.data(raw)
@@ -206,7 +206,7 @@ def _transaction(
         ) from exc
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryUncertain(
-            f"{where}: the connection broke while sending the message ({_describe(exc)}); "
+            f"{where}: the connection broke while sending the message ({describe_os_error(exc)}); "
             "it may have been delivered"
         ) from exc
     if code != 250:  # smtplib's data() returns the final answer rather than raising
@@ -225,13 +225,3 @@ def _address_literal(client: smtplib.SMTP) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host name not found"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timed out"
-    return str(exc) or exc.__class__.__name__
