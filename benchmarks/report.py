@@ -239,5 +239,5 @@ def render(rows: list[Row]) -> str:
         out.append("  ".join(cells).rstrip())
         if index == 0:
             out.append("-" * len(out[0]))
-    notes = [f"  * {row.measurement.strip()}: {row.note}" for row in rows if row.note]
+    notes = list(dict.fromkeys(f"  * {r.measurement.strip()}: {r.note}" for r in rows if r.note))
     return "\n".join([*out, *(["", *notes] if notes else [])])
