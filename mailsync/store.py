@@ -33,6 +33,7 @@ class DjangoFolderStore:
         self, folder: Folder, *, on_progress: Callable[[SyncProgress], None] | None = None
     ) -> None:
         self.folder = folder
+        self._renumbering: bool | None = None
         self._on_progress = on_progress
 
     def load_cursor(self) -> FolderCursor:
@@ -61,16 +62,20 @@ class DjangoFolderStore:
         if not messages:
             return 0
         fresh = list(messages)
-        if self._has_rows_of_other_uidvalidity(uidvalidity):
+        if self._renumbering is None:  # asked once per sync, not per batch
+            self._renumbering = self._rows_of_other_uidvalidity(uidvalidity).exists()
+        if self._renumbering:
             with transaction.atomic():
                 fresh = [m for m in fresh if not self._remap_by_content(uidvalidity, m)]
         return len(store_new_messages(self.folder, uidvalidity, fresh))
 
-    def _has_rows_of_other_uidvalidity(self, uidvalidity: int) -> bool:
-        return (
-            Message.objects.filter(folder=self.folder, expunged_at__isnull=True)
-            .exclude(uidvalidity=uidvalidity)
-            .exists()
+    def _rows_of_other_uidvalidity(self, uidvalidity: int) -> QuerySet[Message]:
+        # Two ranges instead of "<>": both walk the (folder, uidvalidity, uid) index, so
+        # the question costs nothing when the answer is no, however big the folder.
+        return Message.objects.filter(
+            Q(uidvalidity__lt=uidvalidity) | Q(uidvalidity__gt=uidvalidity),
+            folder=self.folder,
+            expunged_at__isnull=True,
         )
 
     def _remap_by_content(self, uidvalidity: int, fetched: FetchedMessage) -> bool:
@@ -206,9 +211,7 @@ class DjangoFolderStore:
             )
 
     def retire_old_uidvalidities(self, current: int) -> int:
-        stale = Message.objects.filter(folder=self.folder, expunged_at__isnull=True).exclude(
-            uidvalidity=current
-        )
+        stale = self._rows_of_other_uidvalidity(current)
         if not stale.exists():
             return 0
         with transaction.atomic():

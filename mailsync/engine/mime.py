@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.parser
 import email.policy
 import re
 from collections.abc import Iterable
@@ -242,7 +243,9 @@ def parse_envelope(raw: bytes | bytearray) -> ParsedEnvelope:
         block = data[: end.end()] if end else data
         # compat32 only splits the header block (the header registry of policy.default costs
         # ~0.4 ms per header); every value then goes through our own decoder.
-        msg = email.message_from_bytes(block, policy=email.policy.compat32)
+        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+            block, headersonly=True
+        )
         hint = _charset_hint(msg)
         senders = _addresses(msg, "from", hint) or _addresses(msg, "sender", hint)
         in_reply_to = _msgids(_raw_header(msg, "in-reply-to"))

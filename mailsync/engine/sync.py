@@ -31,6 +31,9 @@ from mailsync.engine.imap import (
 log = logging.getLogger(__name__)
 
 
+SIZE_WINDOW = 1000
+
+
 @dataclass(frozen=True)
 class FolderCursor:
     uidvalidity: int | None
@@ -159,18 +162,21 @@ def _nothing_changed(
 ) -> bool:
     """The cheap skip: STATUS says nothing moved since the stored cursor.
 
-    Only with CONDSTORE, where any flag change raises HIGHESTMODSEQ; MESSAGES is compared
-    too because a CONDSTORE-only server need not raise it on expunge.
+    Only with CONDSTORE, where any flag change raises HIGHESTMODSEQ. A QRESYNC server
+    raises it on expunge too (it must answer VANISHED); with CONDSTORE alone MESSAGES is
+    compared with our count as well.
     """
     if cursor.uidvalidity is None or not cursor.highestmodseq_done or not imap.has_condstore:
         return False
     status = imap.status(folder_name)
-    return (
+    unchanged = (
         status.uidvalidity == cursor.uidvalidity
         and status.uidnext == cursor.uidnext_done
         and status.highestmodseq == cursor.highestmodseq_done
-        and status.messages == store.known_count(cursor.uidvalidity)
     )
+    if not unchanged or "QRESYNC" in imap.capabilities:
+        return unchanged
+    return status.messages == store.known_count(cursor.uidvalidity)
 
 
 def _new_uids(
@@ -245,18 +251,24 @@ def _fetch_new(
 ) -> None:
     if not candidates:
         return
-    sizes = imap.fetch_sizes(candidates)
-    report.vanished_before_fetch += len(candidates) - len(sizes)
-    total = len(sizes)
+    total = len(candidates)
     fetched = 0
-    # Newest first, so the top of the inbox is usable while older mail still loads.
-    for batch in _batches(sorted(sizes, reverse=True), sizes, limits):
-        messages, dead = _fetch_batch(imap, store, selected.uidvalidity, batch, sizes)
-        report.dead_letters += dead
-        report.vanished_before_fetch += len(batch) - len(messages) - dead
-        report.new_messages += store.save_messages(selected.uidvalidity, messages)
-        fetched += len(batch)
-        store.report_progress(SyncProgress(folder=selected.name, fetched=fetched, total=total))
+    newest_first = sorted(candidates, reverse=True)
+    # Newest first, so the top of the inbox is usable while older mail still loads; sizes
+    # (to bound each batch's bytes) are asked a window at a time, so the first batch does
+    # not wait for the sizes of a whole 100k folder.
+    for start in range(0, total, SIZE_WINDOW):
+        window = newest_first[start : start + SIZE_WINDOW]
+        sizes = imap.fetch_sizes(window)
+        report.vanished_before_fetch += len(window) - len(sizes)
+        fetched += len(window) - len(sizes)
+        for batch in _batches([uid for uid in window if uid in sizes], sizes, limits):
+            messages, dead = _fetch_batch(imap, store, selected.uidvalidity, batch, sizes)
+            report.dead_letters += dead
+            report.vanished_before_fetch += len(batch) - len(messages) - dead
+            report.new_messages += store.save_messages(selected.uidvalidity, messages)
+            fetched += len(batch)
+            store.report_progress(SyncProgress(folder=selected.name, fetched=fetched, total=total))
 
 
 def _fetch_batch(
