@@ -69,7 +69,7 @@ class DjangoFolderStore:
         if self._renumbering:
             with transaction.atomic():
                 fresh = [m for m in fresh if not self._remap_by_content(uidvalidity, m)]
-        created = len(store_new_messages(self.folder, uidvalidity, fresh))
+        created = store_new_messages(self.folder, uidvalidity, fresh)
         self._refresh_statistics(created)
         return created
 
