@@ -131,52 +131,52 @@ class DjangoFolderStore:
     def apply_flags(
         self, uidvalidity: int, states: Mapping[int, FlagState], observed_at: datetime
     ) -> int:
-        if not states:
-            return 0
         changed = 0
+        uids = sorted(states)
+        for start in range(0, len(uids), 2000):  # a 100k folder's full scan, in slices
+            window = uids[start : start + 2000]
+            changed += self._apply_flag_window(uidvalidity, window, states, observed_at)
+        return changed
+
+    def _apply_flag_window(
+        self,
+        uidvalidity: int,
+        uids: list[int],
+        states: Mapping[int, FlagState],
+        observed_at: datetime,
+    ) -> int:
+        flag_fields = list(Message.FLAG_FIELDS.values())
         rows = Message.objects.filter(
-            folder=self.folder, uidvalidity=uidvalidity, uid__in=list(states)
-        )
-        protected = self._flags_with_local_intent(uidvalidity, list(states), observed_at)
-        with transaction.atomic():
-            for message in rows:
-                state = states[message.uid]
-                system, keywords = split_flags(state.flags)
-                keep = protected.get(message.uid, set())
-                added: list[str] = []
-                removed: list[str] = []
-                for flag, field in Message.FLAG_FIELDS.items():
-                    if flag in keep:
-                        continue
-                    want = flag in system
-                    if getattr(message, field) != want:
-                        setattr(message, field, want)
-                        (added if want else removed).append(flag)
-                local_keywords = set(message.keywords)
-                server_keywords = set(keywords)
-                new_keywords = {k for k in server_keywords if k not in keep} | {
-                    k for k in local_keywords if k in keep
-                }
-                added += sorted(new_keywords - local_keywords)
-                removed += sorted(local_keywords - new_keywords)
-                message.keywords = sorted(new_keywords)
-                if state.modseq is not None:
-                    message.modseq = state.modseq
-                if added or removed:
-                    changed += 1
-                    message.save(
-                        update_fields=[*Message.FLAG_FIELDS.values(), "keywords", "modseq"]
-                    )
-                    Activity.objects.create(
+            folder=self.folder, uidvalidity=uidvalidity, uid__in=uids
+        ).only("pk", "uid", "keywords", "modseq", *flag_fields)
+        protected = self._flags_with_local_intent(uidvalidity, uids, observed_at)
+        changed: list[Message] = []
+        modseq_only: list[Message] = []
+        activities: list[Activity] = []
+        for message in rows:
+            state = states[message.uid]
+            added, removed = _take_server_flags(message, state, protected.get(message.uid, set()))
+            new_modseq = state.modseq if state.modseq is not None else message.modseq
+            modseq_moved = new_modseq != message.modseq
+            message.modseq = new_modseq
+            if added or removed:
+                changed.append(message)
+                activities.append(
+                    Activity(
                         mailbox_id=self.folder.mailbox_id,
                         message=message,
                         source=Activity.Source.SERVER,
                         verb="flags_changed",
                         detail={"added": added, "removed": removed},
                     )
-                elif state.modseq is not None:
-                    Message.objects.filter(pk=message.pk).update(modseq=state.modseq)
-        return changed
+                )
+            elif modseq_moved:
+                modseq_only.append(message)
+        with transaction.atomic():
+            Message.objects.bulk_update(changed, [*flag_fields, "keywords", "modseq"])
+            Message.objects.bulk_update(modseq_only, ["modseq"], batch_size=500)
+            Activity.objects.bulk_create(activities)
+        return len(changed)
 
     def _flags_with_local_intent(
         self, uidvalidity: int, uids: list[int], observed_at: datetime
@@ -271,3 +271,26 @@ class DjangoFolderStore:
     def report_progress(self, progress: SyncProgress) -> None:
         if self._on_progress is not None:
             self._on_progress(progress)
+
+
+def _take_server_flags(
+    message: Message, state: FlagState, keep: set[str]
+) -> tuple[list[str], list[str]]:
+    """Set the row's flags to the server's, except those in ``keep`` (a person's change
+    the server has not seen yet). Returns the flags added and removed."""
+    system, keywords = split_flags(state.flags)
+    added: list[str] = []
+    removed: list[str] = []
+    for flag, field in Message.FLAG_FIELDS.items():
+        if flag in keep:
+            continue
+        want = flag in system
+        if getattr(message, field) != want:
+            setattr(message, field, want)
+            (added if want else removed).append(flag)
+    local_keywords = set(message.keywords)
+    new_keywords = {k for k in keywords if k not in keep} | {k for k in local_keywords if k in keep}
+    added += sorted(new_keywords - local_keywords)
+    removed += sorted(local_keywords - new_keywords)
+    message.keywords = sorted(new_keywords)
+    return added, removed
