@@ -13,7 +13,6 @@ import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,72 +31,40 @@ from mailsync.engine.errors import (
     describe_os_error,
 )
 from mailsync.engine.flags import normalize_flags
+from mailsync.engine.imap_data import (
+    FetchedMessage,
+    FlagState,
+    FolderStatus,
+    RemoteFolder,
+    SelectedFolder,
+    copyuid_map,
+    format_uid_set,
+    parse_internaldate,
+    parse_uid_set,
+    uid_windows,
+)
 from mailsync.engine.tls import default_context
 
-# Each FETCH/STORE names at most this many UIDs, so a command line stays far below
-# imaplib's 1,000,000-byte _MAXLINE even with sparse UID sets (django-mailbox #81).
-UID_WINDOW = 2000
+__all__ = [
+    "LARGE_MESSAGE",
+    "FetchedMessage",
+    "FlagState",
+    "FolderStatus",
+    "ImapSession",
+    "RemoteFolder",
+    "SelectedFolder",
+    "parse_uid_set",
+    "uid_windows",
+]
+
 # Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
 LARGE_MESSAGE = 8 * 1024 * 1024
 LARGE_CHUNK = 1024 * 1024
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
 
-@dataclass(frozen=True)
-class RemoteFolder:
-    name: str
-    special_use: str  # "\\Sent", ... or ""
-    selectable: bool
-
-
-@dataclass(frozen=True)
-class SelectedFolder:
-    """The snapshot taken at SELECT; cursors are committed only from these values."""
-
-    name: str
-    uidvalidity: int
-    uidnext: int
-    exists: int
-    highestmodseq: int | None
-    permanent_flags: frozenset[str]
-
-    @property
-    def allows_keywords(self) -> bool:
-        return "\\*" in self.permanent_flags
-
-
-@dataclass(frozen=True)
-class FolderStatus:
-    uidvalidity: int
-    uidnext: int
-    messages: int
-    highestmodseq: int | None
-
-
-@dataclass(frozen=True)
-class FlagState:
-    uid: int
-    flags: frozenset[str]
-    modseq: int | None
-
-
-@dataclass(frozen=True)
-class FetchedMessage:
-    uid: int
-    flags: frozenset[str]
-    internaldate: datetime | None
-    size: int
-    raw: bytes | bytearray  # a bytearray for chunked large messages (no second copy)
-    modseq: int | None
-
-
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def uid_windows(uids: Sequence[int], size: int = UID_WINDOW) -> Iterator[list[int]]:
-    for start in range(0, len(uids), size):
-        yield list(uids[start : start + size])
 
 
 class ImapSession:
@@ -426,11 +393,11 @@ class ImapSession:
             imap.untagged_responses.pop("MODIFIED", None)
             with self._guard("UID STORE"):
                 if unchangedsince is None or not self.has_condstore:
-                    typ, data = imap.uid("STORE", _uid_set(window), item, flag_list)
+                    typ, data = imap.uid("STORE", format_uid_set(window), item, flag_list)
                 else:
                     typ, data = imap.uid(
                         "STORE",
-                        _uid_set(window),
+                        format_uid_set(window),
                         f"(UNCHANGEDSINCE {unchangedsince})",
                         item,
                         flag_list,
@@ -467,7 +434,7 @@ class ImapSession:
         texts = [_text(line) for line in imap.untagged_responses.pop("COPYUID", None) or []]
         if answer:
             texts.append(_text(answer))
-        return _copyuid_map(texts)
+        return copyuid_map(texts)
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
         """``UID EXPUNGE`` (UIDPLUS) of exactly these UIDs."""
@@ -516,7 +483,7 @@ class ImapSession:
             if not uids:
                 return {}
             wanted = set(uids)
-            uid_set = _uid_set(uids)
+            uid_set = format_uid_set(uids)
             accept = wanted.__contains__
         else:
             uid_set = uids
@@ -553,7 +520,7 @@ class ImapSession:
             if accept is not None and not accept(uid):
                 continue
             if b"INTERNALDATE" in pairs:
-                pairs[b"INTERNALDATE"] = _parse_internaldate(pairs[b"INTERNALDATE"])
+                pairs[b"INTERNALDATE"] = parse_internaldate(pairs[b"INTERNALDATE"])
             result.setdefault(uid, {}).update(pairs)
         return result
 
@@ -577,71 +544,12 @@ class ImapSession:
             raise ServerUnreachable(f"{what}: connection lost ({describe_os_error(exc)})") from exc
 
 
-def _copyuid_map(texts: Iterable[str]) -> tuple[int | None, dict[int, int]]:
-    """``COPYUID <uidvalidity> <source set> <destination set>`` -> (uidvalidity,
-    {source: destination}); the response code may come tagged or untagged."""
-    uidvalidity: int | None = None
-    mapping: dict[int, int] = {}
-    for text in texts:
-        match = re.search(r"COPYUID\s+(\d+)\s+([\d:,]+)\s+([\d:,]+)", text)
-        if match is None:
-            match = re.match(r"\s*(\d+)\s+([\d:,]+)\s+([\d:,]+)", text)
-        if match is None:
-            continue
-        uidvalidity = int(match.group(1))
-        sources = parse_uid_set(match.group(2))
-        targets = parse_uid_set(match.group(3))
-        # RFC 4315: the sets correspond in order, each in ascending UID order.
-        mapping.update(zip(sources, targets, strict=False))
-    return uidvalidity, mapping
-
-
-def parse_uid_set(text: str) -> list[int]:
-    """``"1:3,7"`` -> [1, 2, 3, 7]. Ranges may be given high:low (RFC 3501 §9)."""
-    uids: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        low, _, high = part.partition(":")
-        try:
-            first, last = int(low), int(high or low)
-        except ValueError:
-            continue
-        if first > last:
-            first, last = last, first
-        uids.extend(range(first, last + 1))
-    return uids
-
-
-def _uid_set(uids: Sequence[int]) -> str:
-    """Compact ``1:5,9`` form for sorted UIDs."""
-    ordered = sorted(set(uids))
-    ranges: list[str] = []
-    start = prev = ordered[0]
-    for uid in ordered[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        ranges.append(f"{start}:{prev}" if start != prev else str(start))
-        start = prev = uid
-    ranges.append(f"{start}:{prev}" if start != prev else str(start))
-    return ",".join(ranges)
-
-
 def _flag_state(uid: int, data: dict[bytes, Any]) -> FlagState:
     modseq_value = data.get(b"MODSEQ")  # imapclient gives "(123)" as a 1-tuple
     if isinstance(modseq_value, tuple):
         modseq_value = modseq_value[0] if modseq_value else None
     modseq = int(modseq_value) if modseq_value is not None else None
     return FlagState(uid=uid, flags=normalize_flags(data.get(b"FLAGS", ())), modseq=modseq)
-
-
-def _parse_internaldate(value: Any) -> datetime | None:
-    try:
-        return datetime.strptime(_text(value), "%d-%b-%Y %H:%M:%S %z")
-    except ValueError:
-        return None
 
 
 def _server_text(exc: BaseException) -> str:

@@ -1,0 +1,130 @@
+"""What crosses the IMAP boundary: frozen dataclasses, and the small codecs for UID sets,
+COPYUID and INTERNALDATE. Pure Python; ``imap.py`` is the one module that talks to
+imapclient."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Each FETCH/STORE names at most this many UIDs, so a command line stays far below
+# imaplib's 1,000,000-byte _MAXLINE even with sparse UID sets (django-mailbox #81).
+UID_WINDOW = 2000
+
+
+@dataclass(frozen=True)
+class RemoteFolder:
+    name: str
+    special_use: str  # "\\Sent", ... or ""
+    selectable: bool
+
+
+@dataclass(frozen=True)
+class SelectedFolder:
+    """The snapshot taken at SELECT; cursors are committed only from these values."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None
+    permanent_flags: frozenset[str]
+
+    @property
+    def allows_keywords(self) -> bool:
+        return "\\*" in self.permanent_flags
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
+class FlagState:
+    uid: int
+    flags: frozenset[str]
+    modseq: int | None
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    flags: frozenset[str]
+    internaldate: datetime | None
+    size: int
+    raw: bytes | bytearray  # a bytearray for chunked large messages (no second copy)
+    modseq: int | None
+
+
+def uid_windows(uids: Sequence[int], size: int = UID_WINDOW) -> Iterator[list[int]]:
+    for start in range(0, len(uids), size):
+        yield list(uids[start : start + size])
+
+
+def copyuid_map(texts: Iterable[str]) -> tuple[int | None, dict[int, int]]:
+    """``COPYUID <uidvalidity> <source set> <destination set>`` -> (uidvalidity,
+    {source: destination}); the response code may come tagged or untagged."""
+    uidvalidity: int | None = None
+    mapping: dict[int, int] = {}
+    for text in texts:
+        match = re.search(r"COPYUID\s+(\d+)\s+([\d:,]+)\s+([\d:,]+)", text)
+        if match is None:
+            match = re.match(r"\s*(\d+)\s+([\d:,]+)\s+([\d:,]+)", text)
+        if match is None:
+            continue
+        uidvalidity = int(match.group(1))
+        sources = parse_uid_set(match.group(2))
+        targets = parse_uid_set(match.group(3))
+        # RFC 4315: the sets correspond in order, each in ascending UID order.
+        mapping.update(zip(sources, targets, strict=False))
+    return uidvalidity, mapping
+
+
+def parse_uid_set(text: str) -> list[int]:
+    """``"1:3,7"`` -> [1, 2, 3, 7]. Ranges may be given high:low (RFC 3501 §9)."""
+    uids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition(":")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            continue
+        if first > last:
+            first, last = last, first
+        uids.extend(range(first, last + 1))
+    return uids
+
+
+def format_uid_set(uids: Sequence[int]) -> str:
+    """Compact ``1:5,9`` form for sorted UIDs."""
+    ordered = sorted(set(uids))
+    ranges: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        ranges.append(f"{start}:{prev}" if start != prev else str(start))
+        start = prev = uid
+    ranges.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(ranges)
+
+
+def parse_internaldate(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(
+            (value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)),
+            "%d-%b-%Y %H:%M:%S %z",
+        )
+    except ValueError:
+        return None
