@@ -116,3 +116,20 @@ def test_changes_made_while_no_worker_ran_all_arrive_once_when_it_starts(
     stored = stores_per_uid(recorded_user.rawlog_commands(), "\\Flagged")
     assert sorted(stored) == sorted(m.uid for m in messages)
     assert set(stored.values()) == {1}, "some UID was stored more than once"
+
+
+def test_a_worker_lists_new_mail_then_extracts_it_in_tasks(worker, shared_mailbox, mail_user):
+    from mailsync.tasks import sync_mailbox as sync_mailbox_task
+
+    mail_user.deliver_bulk(make_mail(f"Via worker {n}", body=f"text {n}") for n in range(120))
+
+    sync_mailbox_task.delay(shared_mailbox.pk)
+
+    wait_for(
+        lambda: Message.objects.filter(extracted_at__isnull=False).count() == 120,
+        timeout=90,
+        what="120 messages listed and extracted by the worker",
+    )
+    assert Message.objects.get(subject="Via worker 42").text_body.strip() == "text 42"
+    shared_mailbox.refresh_from_db()
+    assert shared_mailbox.sync_status == "ok"
