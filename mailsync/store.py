@@ -26,6 +26,7 @@ from mailsync.models import (
 log = logging.getLogger(__name__)
 
 OPEN_CHANGE_STATES = (FlagChange.State.PENDING, FlagChange.State.SENDING)
+DEAD_LETTER_ATTEMPTS = 5
 
 
 class DjangoFolderStore:
@@ -70,6 +71,9 @@ class DjangoFolderStore:
             with transaction.atomic():
                 fresh = [m for m in fresh if not self._remap_by_content(uidvalidity, m)]
         created = store_new_messages(self.folder, uidvalidity, fresh)
+        DeadLetter.objects.filter(  # delivered after all
+            folder=self.folder, uidvalidity=uidvalidity, uid__in=[m.uid for m in messages]
+        ).delete()
         self._refresh_statistics(created)
         return created
 
@@ -249,6 +253,13 @@ class DjangoFolderStore:
                     uidvalidity, [uid for u, uid in uids if u == uidvalidity]
                 )
             return retired
+
+    def dead_letter_uids(self, uidvalidity: int) -> list[int]:
+        return list(
+            DeadLetter.objects.filter(
+                folder=self.folder, uidvalidity=uidvalidity, attempts__lt=DEAD_LETTER_ATTEMPTS
+            ).values_list("uid", flat=True)
+        )
 
     def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
         letter, created = DeadLetter.objects.get_or_create(

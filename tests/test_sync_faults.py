@@ -135,3 +135,38 @@ def test_it_keeps_flags_right_when_the_server_sends_unsolicited_fetch_responses(
 
     sync_mailbox(shared_mailbox)
     assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+@pytest.mark.django_db
+def test_a_message_the_server_cannot_deliver_is_dead_lettered_and_retried_later(
+    shared_mailbox, mail_user
+):
+    """Dovecot drops the connection (BYE) when it cannot read a message from disk."""
+    from mailsync.models import DeadLetter
+
+    uids = [mail_user.append(make_mail(f"Readable {n}")) for n in range(3)]
+    with mail_user.imap() as client:  # a read-write SELECT moves new/ to cur/ for good
+        client.select_folder("INBOX")
+    unreadable = next(
+        path
+        for path in (mail_user.home / "Maildir").glob("*/*")
+        if path.is_file() and b"Subject: Readable 1" in path.read_bytes()
+    )
+    mode = unreadable.stat().st_mode
+    unreadable.chmod(0)
+    try:
+        report = sync_mailbox(shared_mailbox).reports[0]
+    finally:
+        unreadable.chmod(mode)
+
+    assert report.dead_letters == 1
+    letter = DeadLetter.objects.get()
+    assert letter.uid == uids[1]
+    assert Message.objects.count() == 2  # the others are in, the folder is not blocked
+    assert shared_mailbox.folders.get(name="INBOX").uidnext_done > max(uids)
+
+    # readable again (an admin fixed it): the next sync delivers it and clears the record
+    report = sync_mailbox(shared_mailbox).reports[0]
+    assert report.new_messages == 1
+    assert not DeadLetter.objects.exists()
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))

@@ -77,6 +77,18 @@ class ImapSession:
         self._client = client
         self.capabilities = capabilities
         self.selected: SelectedFolder | None = None
+        self._reconnect: Callable[[], ImapSession] | None = None
+
+    def reopen(self) -> None:
+        """Log in again on a fresh connection and select the same folder: after the
+        server dropped us. Raises ServerUnreachable/AuthenticationFailed if it cannot."""
+        if self._reconnect is None:
+            raise ServerUnreachable("the connection was lost and cannot be reopened")
+        _safe_shutdown(self._client)
+        fresh = self._reconnect()
+        self._client, self.capabilities = fresh._client, fresh.capabilities
+        if self.selected is not None:
+            self.select(self.selected.name)
 
     # -- connecting ----------------------------------------------------------------
 
@@ -173,7 +185,14 @@ class ImapSession:
         except (OSError, IMAPClientError) as exc:
             _safe_shutdown(client)
             raise ServerUnreachable(f"{where}: connection lost after login ({exc})") from exc
-        return cls(client, capabilities)
+        session = cls(client, capabilities)
+        session._reconnect = lambda: cls.connect(
+            account,
+            timeout=timeout,
+            ssl_context=ssl_context,
+            ignore_capabilities=ignore_capabilities,
+        )
+        return session
 
     def close(self) -> None:
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from mailsync.engine.errors import ProtocolError
+from mailsync.engine.errors import ProtocolError, ServerUnreachable
 from mailsync.engine.imap import (
     LARGE_MESSAGE,
     FetchedMessage,
@@ -105,6 +105,10 @@ class FolderStore(Protocol):
 
     def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None: ...
 
+    def dead_letter_uids(self, uidvalidity: int) -> list[int]:
+        """UIDs the server refused to deliver that are still worth asking for again."""
+        ...
+
     def advance_cursor(self, cursor: FolderCursor) -> None: ...
 
     def report_progress(self, progress: SyncProgress) -> None:
@@ -139,8 +143,11 @@ def sync_folder(
         cursor = FolderCursor(selected.uidvalidity, 1, None)
 
     new_uids = _new_uids(imap, store, selected, cursor)
+    # Messages the server refused before are asked again (a few times): it may have been
+    # repaired meanwhile. They stay below the cursor, so they never hold it back.
+    retry = [uid for uid in store.dead_letter_uids(selected.uidvalidity) if uid not in new_uids]
     _refresh_known(imap, store, selected, cursor, len(new_uids), report, clock)
-    _fetch_new(imap, store, selected, new_uids, limits, report)
+    _fetch_new(imap, store, selected, sorted([*new_uids, *retry]), limits, report)
     # Runs on every full pass, so a renumbering interrupted by a crash is finished later.
     report.expunged += store.retire_old_uidvalidities(selected.uidvalidity)
 
@@ -174,8 +181,10 @@ def _nothing_changed(
         and status.uidnext == cursor.uidnext_done
         and status.highestmodseq == cursor.highestmodseq_done
     )
-    if not unchanged or "QRESYNC" in imap.capabilities:
-        return unchanged
+    if not unchanged or store.dead_letter_uids(cursor.uidvalidity):
+        return False  # (refused messages are asked for again)
+    if "QRESYNC" in imap.capabilities:
+        return True
     return status.messages == store.known_count(cursor.uidvalidity)
 
 
@@ -281,21 +290,40 @@ def _fetch_batch(
     """Fetch a batch; when the server refuses it, retry UID by UID and dead-letter the
     ones it still refuses, so a single bad message never blocks the folder."""
     try:
-        if len(batch) == 1 and sizes.get(batch[0], 0) > LARGE_MESSAGE:
-            large = imap.fetch_large_message(batch[0], sizes[batch[0]])
-            return ([large] if large is not None else []), 0
-        return imap.fetch_messages(batch), 0
+        return _fetch_some(imap, batch, sizes), 0
     except ProtocolError:
-        pass
+        pass  # the server refused the batch (NO): find the message it refuses
+    except ServerUnreachable:
+        # Dovecot drops the connection (BYE) when it cannot read a message from disk, so
+        # a lost connection may be one bad message, not an outage: reconnect (this raises
+        # if the server is really gone) and go UID by UID.
+        imap.reopen()
     messages: list[FetchedMessage] = []
     dead = 0
     for uid in batch:
         try:
-            messages.extend(imap.fetch_messages([uid]))
+            messages.extend(_fetch_some(imap, [uid], sizes))
         except ProtocolError as exc:
             store.record_dead_letter(uidvalidity, uid, str(exc))
             dead += 1
+        except ServerUnreachable:
+            imap.reopen()
+            try:  # once more on a fresh connection: a blip is not a bad message
+                messages.extend(_fetch_some(imap, [uid], sizes))
+            except (ProtocolError, ServerUnreachable) as exc:
+                imap.reopen()  # it is this message: it drops every connection that asks
+                store.record_dead_letter(uidvalidity, uid, str(exc))
+                dead += 1
     return messages, dead
+
+
+def _fetch_some(
+    imap: ImapSession, uids: list[int], sizes: Mapping[int, int]
+) -> list[FetchedMessage]:
+    if len(uids) == 1 and sizes.get(uids[0], 0) > LARGE_MESSAGE:
+        large = imap.fetch_large_message(uids[0], sizes[uids[0]])
+        return [large] if large is not None else []
+    return imap.fetch_messages(uids)
 
 
 def _batches(
