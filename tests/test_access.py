@@ -149,3 +149,25 @@ def test_the_sync_status_endpoint_reports_progress_and_ends_the_polling_when_don
 def test_the_sync_status_of_a_mailbox_is_404_for_a_non_member(synced_message, charlie):
     url = reverse("sync_status", kwargs={"mailbox": synced_message.folder.mailbox.name})
     assert client_for(charlie).get(url).status_code == 404
+
+
+def test_the_body_frame_allows_remote_images_only_when_asked(shared_mailbox, mail_user, bob):
+    raw = (
+        b"From: news@example.org\r\nSubject: Pictures\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+        b'<p>Look</p><img src="https://images.example.org/logo.png">\r\n'
+    )
+    mail_user.append(raw)
+    sync_mailbox(shared_mailbox)
+    message = Message.objects.get(subject="Pictures")
+    url = reverse("message_body", kwargs={"mailbox": "support", "message_id": message.pk})
+    client = client_for(bob)
+
+    blocked = client.get(url)
+    assert b"images.example.org" not in blocked.content
+    assert "https:" not in blocked["Content-Security-Policy"]
+
+    shown = client.get(url + "?images=1")
+    assert b"https://images.example.org/logo.png" in shown.content
+    assert "img-src 'self' data: https:" in shown["Content-Security-Policy"]
+    assert "script-src" not in shown["Content-Security-Policy"]  # default-src 'none' holds

@@ -23,6 +23,7 @@ BODY_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
     "font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
 )
+REMOTE_IMAGES_CSP = BODY_CSP.replace("img-src 'self' data:", "img-src 'self' data: https: http:")
 
 
 def _context(request: HtmxHttpRequest, mailbox: Mailbox, message: Message) -> dict[str, object]:
@@ -73,13 +74,13 @@ def message_body(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Htt
         )
         for a in message.attachments.exclude(content_id="")
     }
+    show_images = request.GET.get("images") == "1"
     safe = sanitize_email_html(
-        message.html_body,
-        cid_urls=cid_urls,
-        allow_remote_images=request.GET.get("images") == "1",
+        message.html_body, cid_urls=cid_urls, allow_remote_images=show_images
     )
     response = render(request, "teaminbox/message_body.html", {"html": safe.html})
-    response["Content-Security-Policy"] = BODY_CSP
+    # Remote images only when a person asked for them; the CSP holds the line either way.
+    response["Content-Security-Policy"] = REMOTE_IMAGES_CSP if show_images else BODY_CSP
     response["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
