@@ -17,6 +17,11 @@ class MailboxForm(forms.ModelForm[Mailbox]):
         help_text="Stored encrypted; never shown again. Leave empty to keep the current one.",
     )
 
+    folder_names = forms.CharField(
+        required=False,
+        initial="INBOX",
+        help_text="Folders to sync, comma-separated (e.g. INBOX, Sent). Empty means INBOX.",
+    )
     smtp_password = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
@@ -27,6 +32,7 @@ class MailboxForm(forms.ModelForm[Mailbox]):
         model = Mailbox
         fields = [
             "name",
+            "display_name",
             "email_address",
             "protocol",
             "security",
@@ -44,6 +50,16 @@ class MailboxForm(forms.ModelForm[Mailbox]):
             "smtp_password",
             "server_saves_sent",
         ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["folder_names"] = ", ".join(self.instance.chosen_folder_names())
+
+    def clean_folder_names(self) -> list[str]:
+        raw = str(self.cleaned_data.get("folder_names") or "")
+        names = [name.strip() for name in raw.split(",") if name.strip()]
+        return names or ["INBOX"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

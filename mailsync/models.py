@@ -52,6 +52,9 @@ class Mailbox(models.Model):
 
     name = models.SlugField(max_length=100, unique=True, help_text="Short name used in URLs")
     email_address = models.EmailField(blank=True, help_text="The shared address staff reply from")
+    display_name = models.CharField(
+        max_length=120, blank=True, help_text='The name in From on replies, e.g. "Acme Support"'
+    )
     protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.IMAP)
     security = models.CharField(max_length=10, choices=Security.choices, default=Security.TLS)
     host = models.CharField(max_length=255)

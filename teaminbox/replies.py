@@ -92,7 +92,9 @@ def shared_addresses(mailbox: Mailbox) -> set[str]:
 
 
 def team_name(mailbox: Mailbox) -> str:
-    """The display name in From. Mailbox has no display-name field yet: use its slug."""
+    """The display name in From: the mailbox's, else its short name ("sales-eu" → "Sales Eu")."""
+    if mailbox.display_name.strip():
+        return one_line(mailbox.display_name)
     return one_line(mailbox.name.replace("-", " ").replace("_", " ")).title()
 
 

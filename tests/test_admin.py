@@ -47,7 +47,8 @@ def test_an_admin_adds_a_mailbox_and_its_first_sync_runs(admin_client, mail_user
             "port": mail_user.server.imap_port,
             "username": mail_user.address,
             "password": mail_user.password,
-            "folder_names": '["INBOX"]',
+            "display_name": "Acme Sales",
+            "folder_names": "INBOX, Archive",
             "delete_mode": "trash",
             "is_active": "on",
             "smtp_port": 587,
@@ -59,8 +60,14 @@ def test_an_admin_adds_a_mailbox_and_its_first_sync_runs(admin_client, mail_user
     assert response.status_code == 302, response.content[:2000]
     mailbox = Mailbox.objects.get(name="sales")
     assert mailbox.get_password() == mail_user.password
+    assert mailbox.folder_names == ["INBOX", "Archive"]
+    edit_page = admin_client.get(reverse("admin:mailsync_mailbox_change", args=[mailbox.pk]))
+    assert b'value="INBOX, Archive"' in edit_page.content
     sync_mailbox(mailbox)
     assert mailbox.folders.get(name="INBOX").messages.count() == 1
+    from teaminbox.replies import team_name
+
+    assert team_name(mailbox) == "Acme Sales"
 
     health = admin_client.get(reverse("admin:mailsync_mailbox_changelist"))
     assert b"In step" in health.content
