@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from mailsync.engine.errors import MailError
+from mailsync.engine.errors import FolderMissing, MailError, ProtocolError
 from mailsync.engine.flags import SYSTEM_FLAGS
 from mailsync.engine.imap import ImapSession, SelectedFolder
 from mailsync.models import Activity, FlagChange, Folder, Message
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STALE_CLAIM = timedelta(minutes=2)
 MODIFIED_RETRIES = 3
+MAX_ATTEMPTS = 3  # pushes of a change the server keeps refusing before it is marked failed
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PushReport:
     superseded: int = 0
     deferred: int = 0
     conflicts: int = 0
+    failed: int = 0
 
 
 def claim_flag_changes(folder: Folder) -> list[FlagChange]:
@@ -52,12 +54,42 @@ def push_flag_changes(imap: ImapSession, folder: Folder) -> PushReport:
         return PushReport()
     try:
         return _push(imap, folder, changes)
+    except (ProtocolError, FolderMissing):
+        # The server refused a command (NO/BAD, or a target folder is gone): one change may
+        # be at fault. Send them one
+        # by one so the others go through and the culprit alone is retried, then failed.
+        return _push_one_by_one(imap, folder, changes)
     except MailError as exc:
-        # Back to the outbox: the sweeper or the next sync sends them again.
-        FlagChange.objects.filter(
-            pk__in=[c.pk for c in changes], state=FlagChange.State.SENDING
-        ).update(state=FlagChange.State.PENDING, last_error=str(exc)[:1000])
+        _back_to_outbox(changes, exc)
         raise
+
+
+def _push_one_by_one(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushReport:
+    sent = failed = 0
+    for change in changes:
+        try:
+            sent += _push(imap, folder, [change]).sent
+        except (ProtocolError, FolderMissing) as exc:
+            failed += 1
+            if change.attempts >= MAX_ATTEMPTS:
+                FlagChange.objects.filter(pk=change.pk).update(
+                    state=FlagChange.State.FAILED,
+                    done_at=timezone.now(),
+                    last_error=f"the server refused it {change.attempts} times: {exc}"[:1000],
+                )
+            else:
+                _back_to_outbox([change], exc)
+        except MailError as exc:
+            _back_to_outbox([c for c in changes if c.pk >= change.pk], exc)
+            raise
+    return PushReport(sent=sent, failed=failed)
+
+
+def _back_to_outbox(changes: list[FlagChange], exc: MailError) -> None:
+    """The sweeper or the next sync sends them again."""
+    FlagChange.objects.filter(
+        pk__in=[c.pk for c in changes], state=FlagChange.State.SENDING
+    ).update(state=FlagChange.State.PENDING, last_error=str(exc)[:1000])
 
 
 def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushReport:

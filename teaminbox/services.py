@@ -7,6 +7,8 @@ written in the same transaction means a lost task only delays the change.
 
 from __future__ import annotations
 
+import re
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
@@ -15,6 +17,10 @@ from mailsync.models import Activity, FlagChange, Folder, Mailbox, Message
 from teaminbox.models import Membership
 
 Actor = AbstractBaseUser | AnonymousUser | None
+
+
+# An IMAP keyword is an atom: no space, control character or atom-special (RFC 3501 §9)
+KEYWORD = re.compile(r"[^\x00-\x20\x7f(){%*\"\\\]]{1,64}")
 
 
 class ActionRefused(Exception):
@@ -52,7 +58,7 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
 
     Returns None when the message already has that state (nothing to send).
     """
-    if flag not in SYSTEM_FLAGS and (not flag or " " in flag or "\\" in flag):
+    if flag not in SYSTEM_FLAGS and not KEYWORD.fullmatch(flag):
         raise ValueError(f"not a flag we can set: {flag!r}")
     message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
     if message.has_flag(flag) == on:

@@ -192,3 +192,34 @@ def test_every_change_made_while_no_worker_ran_reaches_the_server_once(
     stored = stores_per_uid(user.rawlog_commands(), "\\Answered")
     assert sorted(stored) == sorted(m.uid for m in messages)
     assert set(stored.values()) == {1}, "some UID was stored more than once"
+
+
+def test_a_change_the_server_refuses_fails_alone_and_never_blocks_the_folder(
+    shared_mailbox, mail_user, bob
+):
+    message = synced_message(shared_mailbox, mail_user)
+    # slipped past the service's checks somehow: Dovecot answers BAD to this keyword
+    bad = FlagChange.objects.create(
+        message=message, folder=message.folder, uidvalidity=message.uidvalidity,
+        uid=message.uid, flag="bad(keyword", add=True,
+    )  # fmt: skip
+    good = set_flag(message=message, flag=SEEN, on=True, actor=bob)
+    assert good is not None
+
+    for _ in range(3):
+        sync_mailbox(shared_mailbox)  # pushes first; the sync itself must go on
+
+    assert "\\Seen" in mail_user.flags()[message.uid]
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.state == FlagChange.State.DONE
+    assert bad.state == FlagChange.State.FAILED
+    assert "refused it 3 times" in bad.last_error
+
+
+def test_staff_cannot_set_a_keyword_the_protocol_cannot_carry(shared_mailbox, mail_user, bob):
+    message = synced_message(shared_mailbox, mail_user)
+    for flag in ["two words", "paren(", 'quote"', "back\\slash", "", "x" * 65]:
+        with pytest.raises(ValueError):
+            set_flag(message=message, flag=flag, on=True, actor=bob)
+    assert set_flag(message=message, flag="$Label1", on=True, actor=bob) is not None
