@@ -82,14 +82,7 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
         base_modseq=message.modseq,
         actor_id=actor_id_of(actor),
     )
-    Activity.objects.create(
-        mailbox_id=message.folder.mailbox_id,
-        message=message,
-        actor_id=actor_id_of(actor),
-        source=Activity.Source.APP,
-        verb="flag_added" if on else "flag_removed",
-        detail={"flag": flag},
-    )
+    _record(message, actor, "flag_added" if on else "flag_removed", {"flag": flag})
     folder_id = message.folder_id
     transaction.on_commit(lambda: _enqueue_push(folder_id))
     return change
