@@ -14,6 +14,7 @@ from mailsync.engine.flags import FLAGGED
 from mailsync.models import FlagChange, Message
 from mailsync.runner import sync_mailbox
 from teaminbox.services import set_flag
+from tests.support.ci import unavailable
 from tests.support.paths import PROJECT_ROOT
 from tests.support.personas import child_database_url
 from tests.support.rawlog import stores_per_uid
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def empty_broker():
     if not settings.REDIS_URL:
-        pytest.skip("REDIS_URL is not set: the worker test needs Redis as its broker")
+        unavailable("REDIS_URL is not set: the worker tests need Redis as their broker")
     import redis
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()  # no tasks left from earlier runs

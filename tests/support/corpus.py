@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from tests.support.ci import unavailable
+from tests.support.paths import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+SHARED = SHARED_DIR / "corpus"
 
 
 def _missing(path: Path, what: str) -> None:
-    message = f"corpus not found at {path}: {what} did not run"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"corpus not found at {path}: {what} did not run")
 
 
 def corpus_path() -> Path:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from tests.support.ci import unavailable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Shared team material sits beside the checkout; it is referenced in place, never copied.
@@ -20,7 +19,4 @@ def shared_dir_or_skip(path: Path, what: str) -> Path:
     (CI must not go green by silently running less) and is skipped elsewhere."""
     if path.is_dir():
         return path
-    message = f"{what} not found at {path}: the tests that read it did not run"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    unavailable(f"{what} not found at {path}: the tests that read it did not run")
