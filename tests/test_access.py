@@ -8,43 +8,14 @@ from django.urls import reverse
 
 from mailsync.models import Attachment, Message
 from mailsync.runner import sync_mailbox
-from tests.support.personas import PASSWORD
+from tests.support.mail import INVOICE_WITH_ATTACHMENT, client_for, receive
 
 pytestmark = pytest.mark.django_db
-
-MAIL_WITH_ATTACHMENT = b"""\
-From: Customer <customer@example.org>
-To: support@example.test
-Subject: Invoice attached
-Message-ID: <invoice-1@example.org>
-MIME-Version: 1.0
-Content-Type: multipart/mixed; boundary="b1"
-
---b1
-Content-Type: text/plain; charset=utf-8
-
-See attachment.
---b1
-Content-Type: application/pdf; name="invoice.pdf"
-Content-Disposition: attachment; filename="invoice.pdf"
-Content-Transfer-Encoding: base64
-
-JVBERi0xLjQK
---b1--
-"""
-
-
-def client_for(user) -> Client:
-    client = Client()
-    assert client.login(username=user.username, password=PASSWORD)
-    return client
 
 
 @pytest.fixture
 def synced_message(shared_mailbox, mail_user):
-    mail_user.append(MAIL_WITH_ATTACHMENT)
-    sync_mailbox(shared_mailbox)
-    return Message.objects.get()
+    return receive(mail_user, shared_mailbox, INVOICE_WITH_ATTACHMENT)
 
 
 def urls_of(message: Message) -> dict[str, str]:

@@ -9,16 +9,16 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from mailsync.engine.flags import ANSWERED, SEEN
 from mailsync.models import Activity, Message
-from mailsync.runner import push_folder_changes, sync_mailbox
+from mailsync.runner import push_folder_changes
 from teaminbox import replies
 from teaminbox.models import Membership, OutgoingMessage
 from teaminbox.tasks import send_outgoing
+from tests.support.mail import INVOICE_WITH_ATTACHMENT, client_for, receive
 from tests.support.personas import PASSWORD
 from tests.support.smtp import QUIET_AUTH_WARNING, SMTP_PASSWORD, SMTP_USER, smtp_server
 
@@ -42,27 +42,6 @@ my order has not arrived.
 > an older quote
 """
 
-WITH_ATTACHMENT = b"""\
-From: Carol Customer <carol@example.org>
-To: SHARED
-Subject: Invoice attached
-Message-ID: <invoice-1@example.org>
-MIME-Version: 1.0
-Content-Type: multipart/mixed; boundary="b1"
-
---b1
-Content-Type: text/plain; charset=utf-8
-
-See attachment.
---b1
-Content-Type: application/pdf; name="invoice.pdf"
-Content-Disposition: attachment; filename="invoice.pdf"
-Content-Transfer-Encoding: base64
-
-JVBERi0xLjQK
---b1--
-"""
-
 
 @pytest.fixture
 def smtp():
@@ -79,18 +58,6 @@ def mailbox(shared_mailbox, smtp):
     shared_mailbox.set_smtp_password(SMTP_PASSWORD)
     shared_mailbox.save()
     return shared_mailbox
-
-
-def receive(mail_user, mailbox, raw: bytes) -> Message:
-    uid = mail_user.append(raw.replace(b"SHARED", mailbox.email_address.encode()))
-    sync_mailbox(mailbox)
-    return Message.objects.get(folder__name="INBOX", uid=uid)
-
-
-def client_for(user) -> Client:
-    client = Client()
-    assert client.login(username=user.username, password=PASSWORD)
-    return client
 
 
 def queue_reply(message, actor, *, kind="reply", **fields) -> OutgoingMessage:
@@ -241,7 +208,7 @@ def test_reply_all_reaches_everyone_but_the_team_itself(mailbox, mail_user, smtp
 
 
 def test_forward_carries_the_original_attachment(mailbox, mail_user, smtp, bob):
-    original = receive(mail_user, mailbox, WITH_ATTACHMENT)
+    original = receive(mail_user, mailbox, INVOICE_WITH_ATTACHMENT)
 
     outgoing = queue_reply(original, bob, kind="forward", to="Partner <partner@example.net>")
     replies.deliver(outgoing.pk)
