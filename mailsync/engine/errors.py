@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 
 
 class MailError(Exception):
@@ -48,3 +49,11 @@ def describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     return str(exc) or exc.__class__.__name__
+
+
+def tls_failure(where: str, exc: ssl.SSLError) -> TlsError:
+    """One line for a TLS problem: an untrusted certificate (wrong CA, wrong host name)
+    or any other failure of the handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TlsError(f"{where}: certificate not trusted ({exc.verify_message})")
+    return TlsError(f"{where}: TLS failed ({exc.reason or exc})")

@@ -29,6 +29,7 @@ from mailsync.engine.errors import (
     ServerUnreachable,
     TlsError,
     describe_os_error,
+    tls_failure,
 )
 from mailsync.engine.flags import normalize_flags
 from mailsync.engine.imap_data import (
@@ -132,10 +133,8 @@ class ImapSession:
                 ssl_context=context,
                 timeout=SocketTimeout(connect=min(15.0, timeout), read=timeout),
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise TlsError(f"{where}: certificate not trusted ({exc.verify_message})") from exc
         except ssl.SSLError as exc:
-            raise TlsError(f"{where}: TLS handshake failed ({exc.reason or exc})") from exc
+            raise tls_failure(where, exc) from exc
         except (OSError, imaplib.IMAP4.error) as exc:
             raise ServerUnreachable(f"cannot connect to {where}: {describe_os_error(exc)}") from exc
         client.normalise_times = False  # keep INTERNALDATE timezone-aware
@@ -156,12 +155,9 @@ class ImapSession:
             raise AuthenticationFailed(
                 f"{where}: login refused for {account.username!r} ({_server_text(exc)})"
             ) from exc
-        except ssl.SSLCertVerificationError as exc:
-            _safe_shutdown(client)
-            raise TlsError(f"{where}: certificate not trusted ({exc.verify_message})") from exc
         except ssl.SSLError as exc:
             _safe_shutdown(client)
-            raise TlsError(f"{where}: TLS failed ({exc.reason or exc})") from exc
+            raise tls_failure(where, exc) from exc
         except (OSError, IMAPClientError) as exc:
             _safe_shutdown(client)
             raise ServerUnreachable(f"{where}: connection lost during login ({exc})") from exc

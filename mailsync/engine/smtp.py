@@ -30,6 +30,7 @@ from mailsync.engine.errors import (
     ServerUnreachable,
     TlsError,
     describe_os_error,
+    tls_failure,
 )
 from mailsync.engine.tls import default_context
 
@@ -117,10 +118,8 @@ def _connect(
             client = smtplib.SMTP(
                 account.host, account.port, local_hostname="localhost", timeout=timeout
             )
-    except ssl.SSLCertVerificationError as exc:
-        raise TlsError(f"{where}: certificate not trusted ({exc.verify_message})") from exc
     except ssl.SSLError as exc:
-        raise TlsError(f"{where}: TLS handshake failed ({exc.reason or exc})") from exc
+        raise tls_failure(where, exc) from exc
     except smtplib.SMTPConnectError as exc:
         raise ServerUnreachable(
             f"{where}: the server is not accepting mail ({exc.smtp_code} {_text(exc.smtp_error)})"
@@ -152,10 +151,8 @@ def _secure_and_login(
         raise AuthenticationFailed(
             f"{where}: login refused for {account.username!r} ({answer})"
         ) from exc
-    except ssl.SSLCertVerificationError as exc:
-        raise TlsError(f"{where}: certificate not trusted ({exc.verify_message})") from exc
     except ssl.SSLError as exc:
-        raise TlsError(f"{where}: TLS failed ({exc.reason or exc})") from exc
+        raise tls_failure(where, exc) from exc
     except smtplib.SMTPNotSupportedError as exc:
         raise TlsError(f"{where}: {exc}") from exc
     except smtplib.SMTPResponseException as exc:
