@@ -148,7 +148,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # Sync tuning
-SYNC_BATCH_MESSAGES = envint("SYNC_BATCH_MESSAGES", 50, minimum=1)
+# A first sync commits after 50 messages (the newest, listed at once), then in batches
+# doubling up to SYNC_BATCH_MESSAGES.
+SYNC_BATCH_MESSAGES = envint("SYNC_BATCH_MESSAGES", 500, minimum=1)
 SYNC_BATCH_BYTES = envint("SYNC_BATCH_BYTES", 20 * 1024 * 1024, minimum=1024)
 # Renewed after every batch; a crashed worker's lease frees the folder after this long.
 SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 300, minimum=10)

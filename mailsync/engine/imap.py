@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import logging
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,6 +45,7 @@ from mailsync.engine.imap_data import (
     parse_uid_set,
     uid_windows,
 )
+from mailsync.engine.imap_fetch import FetchParseError, parse_fetch_responses
 from mailsync.engine.tls import default_context
 
 __all__ = [
@@ -61,6 +63,8 @@ __all__ = [
 # Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
 LARGE_MESSAGE = 8 * 1024 * 1024
 LARGE_CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
+
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
 
@@ -515,19 +519,7 @@ class ImapSession:
         result: dict[int, dict[bytes, Any]] = {}
         if data == [None]:
             return result
-        parsed = gen_parsed_response(data)
-        while True:
-            try:
-                next(parsed)  # sequence number
-                attributes = next(parsed)
-            except StopIteration:
-                break
-            if not isinstance(attributes, tuple):
-                continue
-            pairs = {
-                _text(attributes[i]).upper().encode(): attributes[i + 1]
-                for i in range(0, len(attributes) - 1, 2)
-            }
+        for pairs in _fetch_items(data):
             uid_value = pairs.get(b"UID")
             if uid_value is None:
                 continue
@@ -557,6 +549,30 @@ class ImapSession:
             raise ProtocolError(f"{what} refused: {text}") from exc
         except OSError as exc:
             raise ServerUnreachable(f"{what}: connection lost ({describe_os_error(exc)})") from exc
+
+
+def _fetch_items(data: list[Any]) -> list[dict[bytes, Any]]:
+    """The item dicts of FETCH responses: our own parser, else imapclient's (slower, but
+    it has seen every server's quirks)."""
+    try:
+        return [items for _, items in parse_fetch_responses(data)]
+    except FetchParseError as exc:
+        log.debug("FETCH response left to imapclient's parser: %s", exc)
+    found: list[dict[bytes, Any]] = []
+    parsed = gen_parsed_response(data)
+    while True:
+        try:
+            next(parsed)  # sequence number
+            attributes = next(parsed)
+        except StopIteration:
+            return found
+        if isinstance(attributes, tuple):
+            found.append(
+                {
+                    _text(attributes[i]).upper().encode(): attributes[i + 1]
+                    for i in range(0, len(attributes) - 1, 2)
+                }
+            )
 
 
 def _flag_state(uid: int, data: dict[bytes, Any]) -> FlagState:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mailsync.engine.errors import ProtocolError, ServerUnreachable
 from mailsync.engine.imap import (
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 SIZE_WINDOW = 1000
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class FolderCursor:
@@ -43,8 +46,12 @@ class FolderCursor:
 
 @dataclass(frozen=True)
 class SyncLimits:
-    batch_messages: int = 50
+    """Batches start small, so the newest mail is listed within a second, and double up to
+    ``batch_messages``: a large first sync then commits a few dozen times, not thousands."""
+
+    batch_messages: int = 500
     batch_bytes: int = 20 * 1024 * 1024
+    first_batch_messages: int = 50
 
 
 @dataclass(frozen=True)
@@ -262,35 +269,75 @@ def _fetch_new(
         return
     total = len(candidates)
     fetched = 0
+    # The next batch is fetched in a thread while this one is stored: the database's work
+    # and the server's then overlap instead of taking turns. Only that thread touches the
+    # IMAP session until the loop ends; only this one touches the store.
+    for fetch in read_ahead(_fetched_batches(imap, candidates, limits)):
+        for uid, reason in fetch.dead:
+            store.record_dead_letter(selected.uidvalidity, uid, reason)
+        report.dead_letters += len(fetch.dead)
+        report.vanished_before_fetch += fetch.vanished
+        report.new_messages += store.save_messages(selected.uidvalidity, fetch.messages)
+        fetched += fetch.asked
+        store.report_progress(SyncProgress(folder=selected.name, fetched=fetched, total=total))
+
+
+@dataclass
+class _Fetched:
+    """One batch's answer: what arrived, what the server refused (UID, reason), and how
+    many UIDs it no longer had."""
+
+    asked: int
+    messages: list[FetchedMessage]
+    dead: list[tuple[int, str]] = field(default_factory=list)
+    vanished: int = 0
+
+
+def _fetched_batches(
+    imap: ImapSession, candidates: list[int], limits: SyncLimits
+) -> Iterator[_Fetched]:
+    """Newest first, so the top of the inbox is usable while older mail still loads; sizes
+    (to bound each batch's bytes) are asked a window at a time, so the first batch does
+    not wait for the sizes of a whole 100k folder."""
     newest_first = sorted(candidates, reverse=True)
-    # Newest first, so the top of the inbox is usable while older mail still loads; sizes
-    # (to bound each batch's bytes) are asked a window at a time, so the first batch does
-    # not wait for the sizes of a whole 100k folder.
-    for start in range(0, total, SIZE_WINDOW):
+    first = limits.first_batch_messages
+    for start in range(0, len(newest_first), SIZE_WINDOW):
         window = newest_first[start : start + SIZE_WINDOW]
         sizes = imap.fetch_sizes(window)
-        report.vanished_before_fetch += len(window) - len(sizes)
-        fetched += len(window) - len(sizes)
-        for batch in _batches([uid for uid in window if uid in sizes], sizes, limits):
-            messages, dead = _fetch_batch(imap, store, selected.uidvalidity, batch, sizes)
-            report.dead_letters += dead
-            report.vanished_before_fetch += len(batch) - len(messages) - dead
-            report.new_messages += store.save_messages(selected.uidvalidity, messages)
-            fetched += len(batch)
-            store.report_progress(SyncProgress(folder=selected.name, fetched=fetched, total=total))
+        gone = len(window) - len(sizes)  # expunged since the UIDs were listed
+        if gone:
+            yield _Fetched(asked=gone, messages=[], vanished=gone)
+        for batch in _batches([uid for uid in window if uid in sizes], sizes, limits, first):
+            first = min(len(batch) * 2, limits.batch_messages)
+            messages, dead = _fetch_batch(imap, batch, sizes)
+            vanished = len(batch) - len(messages) - len(dead)
+            yield _Fetched(asked=len(batch), messages=messages, dead=dead, vanished=vanished)
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield ``items`` while a worker thread already produces the next one. Exceptions
+    reach the consumer at the item that raised; when the consumer stops early, the item
+    in flight is finished (never abandoned mid-command) before this returns."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        future = pool.submit(next, items, _DONE)
+        while True:
+            item = future.result()
+            if item is _DONE:
+                return
+            future = pool.submit(next, items, _DONE)
+            yield item  # type: ignore[misc]
 
 
 def _fetch_batch(
-    imap: ImapSession,
-    store: FolderStore,
-    uidvalidity: int,
-    batch: list[int],
-    sizes: Mapping[int, int],
-) -> tuple[list[FetchedMessage], int]:
-    """Fetch a batch; when the server refuses it, retry UID by UID and dead-letter the
-    ones it still refuses, so a single bad message never blocks the folder."""
+    imap: ImapSession, batch: list[int], sizes: Mapping[int, int]
+) -> tuple[list[FetchedMessage], list[tuple[int, str]]]:
+    """Fetch a batch; when the server refuses it, retry UID by UID and return the ones it
+    still refuses (to be dead-lettered), so a single bad message never blocks the folder."""
     try:
-        return _fetch_some(imap, batch, sizes), 0
+        return _fetch_some(imap, batch, sizes), []
     except ProtocolError:
         pass  # the server refused the batch (NO): find the message it refuses
     except ServerUnreachable:
@@ -299,21 +346,19 @@ def _fetch_batch(
         # if the server is really gone) and go UID by UID.
         imap.reopen()
     messages: list[FetchedMessage] = []
-    dead = 0
+    dead: list[tuple[int, str]] = []
     for uid in batch:
         try:
             messages.extend(_fetch_some(imap, [uid], sizes))
         except ProtocolError as exc:
-            store.record_dead_letter(uidvalidity, uid, str(exc))
-            dead += 1
+            dead.append((uid, str(exc)))
         except ServerUnreachable:
             imap.reopen()
             try:  # once more on a fresh connection: a blip is not a bad message
                 messages.extend(_fetch_some(imap, [uid], sizes))
             except (ProtocolError, ServerUnreachable) as exc:
                 imap.reopen()  # it is this message: it drops every connection that asks
-                store.record_dead_letter(uidvalidity, uid, str(exc))
-                dead += 1
+                dead.append((uid, str(exc)))
     return messages, dead
 
 
@@ -327,19 +372,21 @@ def _fetch_some(
 
 
 def _batches(
-    uids: Sequence[int], sizes: Mapping[int, int], limits: SyncLimits
+    uids: Sequence[int], sizes: Mapping[int, int], limits: SyncLimits, first: int
 ) -> Iterator[list[int]]:
+    """Batches bounded by count and bytes; the count starts at ``first`` and doubles up to
+    the limit. A message too large to share a batch comes alone (it is fetched in chunks)."""
     batch: list[int] = []
     batch_bytes = 0
+    count = max(1, min(first, limits.batch_messages))
     for uid in uids:
         size = sizes.get(uid, 0)
         if batch and (
-            len(batch) >= limits.batch_messages
-            or batch_bytes + size > limits.batch_bytes
-            or size > LARGE_MESSAGE  # fetched alone, in chunks
+            len(batch) >= count or batch_bytes + size > limits.batch_bytes or size > LARGE_MESSAGE
         ):
             yield batch
             batch, batch_bytes = [], 0
+            count = min(count * 2, limits.batch_messages)
         batch.append(uid)
         batch_bytes += size
     if batch:
