@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -107,7 +106,7 @@ class DjangoFolderStore:
             folder=self.folder, uidvalidity=uidvalidity, uid=fetched.uid
         ).exists():
             return True  # already stored under the new numbering
-        digest = hashlib.sha256(fetched.raw).hexdigest()
+        digest = fetched.digest()
         old = (
             Message.objects.filter(folder=self.folder, blob_id=digest, expunged_at__isnull=True)
             .exclude(uidvalidity=uidvalidity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import pytest
@@ -93,6 +94,46 @@ def test_it_shares_one_blob_between_identical_copies(make_mailbox, mail_user):
     assert Message.objects.count() == 2
     assert Blob.objects.filter(messages__isnull=False).distinct().count() == 1
     assert Message.objects.values("conversation").distinct().count() == 1
+
+
+def threaded_mail(subject: str, msgid: str, date: str, *parents: str) -> bytes:
+    headers = [
+        "From: Customer <customer@example.org>",
+        "To: support@example.test",
+        f"Subject: {subject}",
+        f"Message-ID: <{msgid}>",
+        f"Date: {date}",
+    ]
+    if parents:
+        headers.append(f"In-Reply-To: <{parents[-1]}>")
+        headers.append("References: " + " ".join(f"<{p}>" for p in parents))
+    return ("\r\n".join(headers) + "\r\n\r\nbody\r\n").encode()
+
+
+def test_every_message_gets_a_conversation_and_replies_join_theirs(shared_mailbox, mail_user):
+    mail_user.append(threaded_mail("Printer", "a@x", "Mon, 02 Nov 2026 09:00:00 +0000"))
+    mail_user.append(threaded_mail("Re: Printer", "b@x", "Mon, 02 Nov 2026 10:00:00 +0000", "a@x"))
+    mail_user.append(threaded_mail("Unrelated", "z@x", "Mon, 02 Nov 2026 11:00:00 +0000"))
+    # in the same batch as its parent, and naming only the grandparent's id as well
+    mail_user.append(
+        threaded_mail("Re: Printer", "c@x", "Tue, 03 Nov 2026 08:00:00 +0000", "a@x", "b@x")
+    )
+    sync_mailbox(shared_mailbox)
+    # a later reply, in a later sync, joins the stored conversation
+    mail_user.append(
+        threaded_mail("Re: Printer", "d@x", "Wed, 04 Nov 2026 08:00:00 +0000", "a@x", "c@x")
+    )
+    sync_mailbox(shared_mailbox)
+
+    rows = {m.message_id: m for m in Message.objects.select_related("conversation")}
+    assert all(m.conversation is not None for m in rows.values())
+    printer = {rows[i].conversation_id for i in ("a@x", "b@x", "c@x", "d@x")}
+    assert len(printer) == 1
+    assert rows["z@x"].conversation_id not in printer
+    conversation = rows["a@x"].conversation
+    assert conversation is not None
+    assert conversation.subject == "Printer"
+    assert conversation.last_message_at == datetime(2026, 11, 4, 8, 0, tzinfo=UTC)
 
 
 def test_it_takes_flag_changes_and_expunges_made_by_another_client(shared_mailbox, mail_user):

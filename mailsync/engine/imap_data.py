@@ -4,11 +4,14 @@ imapclient."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from mailsync.engine.mime_types import ParsedEnvelope
 
 # Each FETCH/STORE names at most this many UIDs, so a command line stays far below
 # imaplib's 1,000,000-byte _MAXLINE even with sparse UID sets (django-mailbox #81).
@@ -61,6 +64,13 @@ class FetchedMessage:
     size: int
     raw: bytes | bytearray  # a bytearray for chunked large messages (no second copy)
     modseq: int | None
+    # Filled in by the sync's read-ahead thread (``sync.prepared``), so the thread that
+    # writes to the database spends its time there; computed on demand otherwise.
+    envelope: ParsedEnvelope | None = None
+    sha256: str = ""
+
+    def digest(self) -> str:
+        return self.sha256 or hashlib.sha256(self.raw).hexdigest()
 
 
 def uid_windows(uids: Sequence[int], size: int = UID_WINDOW) -> Iterator[list[int]]:

@@ -13,6 +13,7 @@ is idempotent, so a crash at any line and a rerun give the same rows:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from mailsync.engine.imap import (
     ImapSession,
     SelectedFolder,
 )
+from mailsync.engine.mime import parse_envelope
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +312,19 @@ def _fetched_batches(
         for batch in _batches([uid for uid in window if uid in sizes], sizes, limits, first):
             first = min(len(batch) * 2, limits.batch_messages)
             messages, dead = _fetch_batch(imap, batch, sizes)
+            messages = [prepared(m) for m in messages]
             vanished = len(batch) - len(messages) - len(dead)
             yield _Fetched(asked=len(batch), messages=messages, dead=dead, vanished=vanished)
+
+
+def prepared(message: FetchedMessage) -> FetchedMessage:
+    """With its envelope and content digest: the per-message work that needs no database,
+    done here in the read-ahead thread while the previous batch is being written."""
+    return dataclasses.replace(
+        message,
+        envelope=message.envelope or parse_envelope(message.raw),
+        sha256=message.digest(),
+    )
 
 
 _DONE = object()

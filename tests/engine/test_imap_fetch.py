@@ -15,10 +15,10 @@ Data = list[Any]
 
 def imapclient_reading(data: Data) -> list[tuple[int, dict[bytes, Any]]]:
     parsed = list(gen_parsed_response(data))
-    return [
-        (parsed[i], {parsed[i + 1][j].upper(): parsed[i + 1][j + 1] for j in range(0, len(parsed[i + 1]), 2)})
-        for i in range(0, len(parsed), 2)
-    ]  # fmt: skip
+    responses = []
+    for seq, items in zip(parsed[::2], parsed[1::2], strict=True):
+        responses.append((seq, {items[j].upper(): items[j + 1] for j in range(0, len(items), 2)}))
+    return responses
 
 
 CASES: dict[str, Data] = {
