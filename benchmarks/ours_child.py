@@ -21,7 +21,8 @@ Sequence, all in this one warm process:
 6. ``done`` with ``ru_maxrss`` and ``VmHWM``.
 
 With ``"profile": "<prefix>"`` in the configuration (``sync_bench.py --profile``), the
-initial sync runs under cProfile (``<prefix>.initial.prof`` / ``.txt``) and 300 messages
+initial sync and the 10-flag resync run under cProfile (``<prefix>.initial.prof`` / ``.txt``,
+``<prefix>.flags.*``) and 300 messages
 are extracted under cProfile in-process before the timed extraction
 (``<prefix>.extract.*``): the timings of such a run are not representative.
 """
@@ -279,9 +280,15 @@ def main() -> None:
     emit("await_flags")
     command = read_command()
     flagged_uids = [int(uid) for uid in command["uids"]]
+    profiler = cProfile.Profile() if profile_prefix else None
+    if profiler is not None:
+        profiler.enable()
     started = time.perf_counter()
     result = runner.sync_mailbox(mailbox, **sync_kwargs)
     flags_s = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        dump_profile(profiler, f"{profile_prefix}.flags")
     arrived = messages.filter(uid__in=flagged_uids, flagged=True).count()
     flagged_total = messages.filter(flagged=True).count()
     emit(

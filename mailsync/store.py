@@ -176,8 +176,8 @@ class DjangoFolderStore:
             elif modseq_moved:
                 modseq_only.append(message)
         with transaction.atomic():
-            Message.objects.bulk_update(changed, [*flag_fields, "keywords", "modseq"])
-            Message.objects.bulk_update(modseq_only, ["modseq"], batch_size=500)
+            _update_rows(changed, [*flag_fields, "keywords", "modseq"])
+            _update_rows(modseq_only, ["modseq"])
             Activity.objects.bulk_create(activities)
         return len(changed)
 
@@ -281,6 +281,18 @@ class DjangoFolderStore:
     def report_progress(self, progress: SyncProgress) -> None:
         if self._on_progress is not None:
             self._on_progress(progress)
+
+
+def _update_rows(rows: list[Message], fields: list[str]) -> None:
+    """Write these fields of these rows. A resync usually brings a handful of changes, and
+    for those one plain UPDATE each is cheaper than bulk_update, whose CASE expression
+    Django builds and resolves per row and per field (≈6 ms per row); a full scan's
+    thousands go through bulk_update."""
+    if len(rows) > 50:
+        Message.objects.bulk_update(rows, fields, batch_size=500)
+        return
+    for row in rows:
+        Message.objects.filter(pk=row.pk).update(**{f: getattr(row, f) for f in fields})
 
 
 def _take_server_flags(
