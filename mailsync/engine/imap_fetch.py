@@ -46,6 +46,72 @@ def parse_fetch_responses(
     data: Sequence[bytes | tuple[bytes, bytes]],
 ) -> list[tuple[int, FetchItems]]:
     """``[(sequence number, {item: value})]`` in the order the server sent them."""
+    try:
+        return _parse_flat(data)
+    except FetchParseError:
+        return _parse_tokens(data)
+
+
+# The shape of nearly every answer to the engine's FETCHes: ``KEY value`` pairs whose
+# values are numbers, NIL, plain quoted strings or flat lists, and at most one literal,
+# last. One regular expression per pair reads those; anything else goes to the tokenizer.
+_RESPONSE_WITH_LITERAL = re.compile(rb"(\d+) \((.*?) ?([^ ()\"{}]+) \{\d+\}\Z", re.DOTALL)
+_RESPONSE = re.compile(rb"(\d+) \((.*)\)\Z", re.DOTALL)
+_PAIR = re.compile(
+    rb"""([^ ()"{}]+)[ ](?:
+        (?P<number>\d+)
+      | \((?P<list>[^()"{}\r\n]*)\)
+      | "(?P<quoted>[^"\\\r\n]*)"
+      | (?P<nil>NIL)
+    )(?:[ ]|\Z)""",
+    re.VERBOSE | re.IGNORECASE,
+)
+
+
+def _parse_flat(data: Sequence[bytes | tuple[bytes, bytes]]) -> list[tuple[int, FetchItems]]:
+    responses: list[tuple[int, FetchItems]] = []
+    position = 0
+    while position < len(data):
+        item = data[position]
+        position += 1
+        if isinstance(item, tuple):
+            line, literal = item
+            match = _RESPONSE_WITH_LITERAL.match(line)
+            if match is None or position >= len(data) or data[position] != b")":
+                raise FetchParseError("not a flat response")
+            position += 1
+            items = _flat_pairs(match.group(2))
+            items[match.group(3).upper()] = literal
+        else:
+            match = _RESPONSE.match(item)
+            if match is None:
+                raise FetchParseError("not a flat response")
+            items = _flat_pairs(match.group(2))
+        responses.append((int(match.group(1)), items))
+    return responses
+
+
+def _flat_pairs(text: bytes) -> FetchItems:
+    items: FetchItems = {}
+    at = 0
+    while at < len(text):
+        pair = _PAIR.match(text, at)
+        if pair is None:
+            raise FetchParseError("not a flat response")
+        at = pair.end()
+        if pair.group("number") is not None:
+            value: Any = int(pair.group("number"))
+        elif pair.group("list") is not None:
+            value = tuple(int(a) if a.isdigit() else a for a in pair.group("list").split())
+        elif pair.group("quoted") is not None:
+            value = pair.group("quoted")
+        else:
+            value = None
+        items[pair.group(1).upper()] = value
+    return items
+
+
+def _parse_tokens(data: Sequence[bytes | tuple[bytes, bytes]]) -> list[tuple[int, FetchItems]]:
     tokens = _tokens(data)
     responses: list[tuple[int, FetchItems]] = []
     for token in tokens:

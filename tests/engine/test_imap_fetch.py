@@ -95,3 +95,38 @@ def test_the_session_falls_back_to_imapclient_for_what_ours_refuses() -> None:
     with pytest.raises(FetchParseError):
         parse_fetch_responses(odd)
     assert _fetch_items(odd) == [{b"UID": 3, b"X": b"a]b", b"FLAGS": (b"\\Seen",)}]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_flat_fast_path_agrees_with_the_tokenizer(name: str) -> None:
+    from mailsync.engine.imap_fetch import _parse_flat, _parse_tokens
+
+    try:
+        flat = _parse_flat(CASES[name])
+    except FetchParseError:
+        return  # not flat: the tokenizer alone reads it (compared with imapclient above)
+    assert flat == _parse_tokens(CASES[name])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "29-Nov-2026 10:00:00 +0100",
+        " 1-Jan-2020 00:00:01 -0530",  # RFC 3501 pads the day with a space
+        "07-jul-1999 23:59:59 +1400",
+        "31-Feb-2020 00:00:00 +0000",
+        "01-Xyz-2020 00:00:00 +0000",
+        "29-Nov-2026 10:00:00",
+        "garbage",
+    ],
+)
+def test_internaldate_reads_as_strptime_does(text: str) -> None:
+    from datetime import datetime
+
+    from mailsync.engine.imap_data import parse_internaldate
+
+    try:
+        expected: datetime | None = datetime.strptime(text, "%d-%b-%Y %H:%M:%S %z")
+    except ValueError:
+        expected = None
+    assert parse_internaldate(text.encode()) == expected
