@@ -4,7 +4,7 @@ address lists, dates, message-ids, and the string hygiene every decoded value go
 Split from the part walker because headers have their own failure modes (raw 8-bit bytes arriving
 as surrogate escapes, stdlib header-parser bugs and quadratic cases) and their own fallback: every
 access is guarded, with a fallback to the raw (compat32-style) value and our own decoder. The
-envelope path (:func:`mailsync.engine.mime.parse_envelope`) needs only this module.
+envelope path (:mod:`mailsync.engine.mime_envelope`) needs only this module.
 
 Underscore names are private to the ``mailsync.engine.mime*`` modules, which share them; code
 elsewhere uses :mod:`mailsync.engine.mime`.
@@ -16,6 +16,7 @@ import binascii
 import email
 import email.message
 import email.utils
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -45,6 +46,8 @@ def _clean(text: str) -> str:
 
 
 def _clean_header(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text.strip()  # the common case, with nothing below to remove
     text = _clean(text).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
     text = _HEADER_CONTROLS.sub("", text.replace("\t", " "))
     return text.strip()
@@ -60,7 +63,7 @@ _UTF7_RUN = re.compile(r"\+[A-Za-z0-9/+]{2,}-")
 def _unsurrogate(value: str, hint: str | None = None) -> str:
     """Decode raw header text: 8-bit bytes arrive as surrogate escapes; ISO-2022-JP escapes and
     Outlook's raw UTF-7 headers (when the body is UTF-7) arrive as ASCII."""
-    if _SURROGATES.search(value):
+    if not value.isascii() and _SURROGATES.search(value):  # surrogates are not ASCII
         try:
             data = value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
@@ -70,7 +73,7 @@ def _unsurrogate(value: str, hint: str | None = None) -> str:
         decoded = mime_charsets.decode(value.encode("latin-1", "replace"), "iso-2022-jp")
         if not decoded.problem:
             return decoded.text
-    if hint and mime_charsets.resolve(hint) == "utf-7" and _UTF7_RUN.search(value):
+    if hint and _UTF7_RUN.search(value) and mime_charsets.resolve(hint) == "utf-7":  # costly last
         try:
             return value.encode("ascii").decode("utf-7")
         except (UnicodeError, ValueError):
@@ -204,6 +207,21 @@ def _unstructured(
                 return _clean_header(text)
         except Exception:  # stdlib header parser bugs
             pass
+    return _decoded_unstructured(raw, name, notices, hint)
+
+
+def _unstructured_compat32(
+    folded: str, name: str, notices: list[str], hint: str | None = None
+) -> str:
+    """:func:`_unstructured` for a header read in compat32 mode, whose ``get()`` is the raw value
+    with its folds (their line breaks become spaces in ``_clean_header``)."""
+    raw = _FOLD.sub("", folded)
+    if _plain_ascii(raw) and _looks_clean(folded):
+        return _clean_header(folded)
+    return _decoded_unstructured(raw, name, notices, hint)
+
+
+def _decoded_unstructured(raw: str, name: str, notices: list[str], hint: str | None) -> str:
     where = f"The {name.capitalize()} header"
     return _clean_header(decode_words(raw, notices, where, hint))
 
@@ -246,11 +264,16 @@ def _addresses(
                 return tuple(found)
         except Exception:  # e.g. 'Group' object has no attribute 'local_part'
             pass
+    return _addresses_from_raws(raws, hint)
+
+
+def _addresses_from_raws(raws: list[str], hint: str | None = None) -> tuple[ParsedAddress, ...]:
+    """Addresses from unfolded raw header values, by the stdlib's lenient ``getaddresses``."""
     result: list[ParsedAddress] = []
     try:
         if sum(len(r) for r in raws) > _POLICY_MAX * 4:
             raise ValueError("too long for getaddresses")
-        pairs = email.utils.getaddresses(raws)
+        pairs = _getaddresses(raws)
     except Exception:  # RecursionError on huge headers, among others
         pairs = [_split_address(chunk) for raw in raws for chunk in _split_list(raw)]
     for display, addr in pairs:
@@ -260,6 +283,42 @@ def _addresses(
         if parsed is not None:
             result.append(parsed)
     return tuple(result)
+
+
+# The shapes nearly every address list takes, which the stdlib's getaddresses (a character-by-
+# character parser, ~9 us per address) returns verbatim: ``addr@host``, ``Name <addr@host>`` and
+# ``"Name, Q." <addr@host>``, comma-separated, in printable ASCII without comments, groups, routes,
+# domain literals, backslashes or whitespace inside the address. Dots are atom characters here
+# because getaddresses joins atoms and dots back as they were written (obs-phrase, RFC 5322 4.1).
+# Anything else, including empty list members, goes to getaddresses itself.
+_ATOMS = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]++"
+_QUOTED = r'"[ !#-\[\]-~]*+"'  # printable ASCII but '"' and '\'
+_WORD = rf"(?:{_ATOMS}|{_QUOTED})"
+_SIMPLE_ADDRESS = re.compile(  # possessive throughout: linear time on any input
+    rf"[ \t]*+(?:(?P<bare>{_ATOMS}@{_ATOMS})"
+    rf"|(?P<phrase>{_WORD}(?:[ \t]++{_WORD})*+)?[ \t]*+<(?P<angle>{_ATOMS}@{_ATOMS})>)"
+    r"[ \t]*+(?:,|\Z)"
+)
+_PHRASE_WORD = re.compile(r'"([^"]*)"|([^ \t"]+)')
+
+
+def _getaddresses(raws: list[str]) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses(raws)``, without its cost for the common shapes."""
+    field = ", ".join(raws)  # as getaddresses joins them
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(field):
+        match = _SIMPLE_ADDRESS.match(field, pos)
+        if match is None:
+            return email.utils.getaddresses(raws)
+        if match["bare"] is not None:
+            pairs.append(("", match["bare"]))
+        else:
+            # getaddresses joins the phrase's words (quoted strings unquoted) with one space.
+            words = _PHRASE_WORD.findall(match["phrase"] or "")
+            pairs.append((" ".join(quoted or atom for quoted, atom in words), match["angle"]))
+        pos = match.end()
+    return pairs
 
 
 _ANGLE_ADDR = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
@@ -299,7 +358,10 @@ def _split_address(chunk: str) -> tuple[str, str]:
 
 
 def _date(msg: email.message.Message) -> datetime | None:
-    raw = _raw_header(msg, "date")
+    return _date_value(_raw_header(msg, "date"))
+
+
+def _date_value(raw: str | None) -> datetime | None:
     if not raw:
         return None
     try:
@@ -331,7 +393,10 @@ def _msgids(value: str | None) -> tuple[str, ...]:
 
 
 def _message_id(msg: email.message.Message) -> str:
-    raw = _raw_header(msg, "message-id")
+    return _message_id_value(_raw_header(msg, "message-id"))
+
+
+def _message_id_value(raw: str | None) -> str:
     if not raw:
         return ""
     ids = _msgids(raw)
@@ -406,14 +471,36 @@ def _charset_hint(msg: email.message.Message) -> str | None:
                 break
             raw = _raw_headers_s(part, "content-type")
             if raw:
-                view = email.message.Message()
-                view["content-type"] = _SURROGATES.sub("", raw[0])
-                label = view.get_param("charset")
-                if isinstance(label, str) and mime_charsets.resolve(label) not in (
-                    None,
-                    "us-ascii",
-                ):
+                label = _declared_charset(raw[0])
+                if label is not None:
                     return label
     except Exception:
         return None
     return None
+
+
+def _declared_charset(content_type: str) -> str | None:
+    """The charset parameter of an unfolded raw Content-Type value, unless it is ASCII or unknown.
+    May raise (the stdlib's parameter parser)."""
+    value = _SURROGATES.sub("", content_type)
+    # Most multipart headers name no charset, and the parameter parser costs ~6 us a header.
+    if "charset" not in value.lower():
+        return None
+    if len(value) > _CACHED_CONTENT_TYPE:
+        return _charset_param(value)
+    return _cached_charset_param(value)
+
+
+def _charset_param(content_type: str) -> str | None:
+    view = email.message.Message()
+    view["content-type"] = content_type
+    label = view.get_param("charset")
+    if isinstance(label, str) and mime_charsets.resolve(label) not in (None, "us-ascii"):
+        return label
+    return None
+
+
+# A mailbox repeats a handful of values ("text/plain; charset=utf-8") thousands of times; the
+# cache is bounded in entries and, by the length limit, in size.
+_CACHED_CONTENT_TYPE = 200
+_cached_charset_param = functools.lru_cache(maxsize=512)(_charset_param)
