@@ -9,7 +9,8 @@ What it does (see benchmarks/README.md for the full story):
 1. starts its own Dovecot (tests.support.dovecot) under /tmp/teaminbox-bench and writes a
    generated, seeded, real-looking INBOX (benchmarks/corpus.py) straight into the user's
    Maildir -- no APPEND -- then sets realistic initial flags and warms Dovecot's index;
-2. floor: one IMAPClient connection, ``UID FETCH <1000 UIDs> BODY.PEEK[]`` until done;
+2. floor: one raw socket, ``UID FETCH 1:* BODY.PEEK[]`` read by literal length; then the
+   same messages through the engine's ImapSession, storing nothing;
 3. mbsync and OfflineIMAP: initial sync into an empty Maildir, no-change resync (median
    of 3), pick-up of \\Flagged set on 10 messages by another IMAP client;
 4. ours, in a child process on a fresh PostgreSQL database (benchmarks/ours_child.py):
@@ -49,7 +50,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from imapclient import IMAPClient  # noqa: E402
 
 from benchmarks import corpus, report  # noqa: E402
 from benchmarks.external import (  # noqa: E402
@@ -65,6 +65,8 @@ from benchmarks.procs import (  # noqa: E402
     register,
     unregister,
 )
+from mailsync.engine.accounts import MailAccount  # noqa: E402
+from mailsync.engine.imap import ImapSession  # noqa: E402
 from tests.support.dovecot import DovecotServer, MailUser  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/teaminbox_bench"
@@ -269,26 +271,27 @@ def floor_raw(user: MailUser) -> dict[str, Any]:
     return {"initial_s": elapsed, "messages": count, "bytes": total}
 
 
-def floor_fetch(user: MailUser) -> dict[str, Any]:
-    """One socket: connect, log in, SELECT, UID SEARCH ALL, then UID FETCH BODY.PEEK[] in
-    windows of 1000 UIDs (int lists: imapclient 4.x must not get "1:*")."""
+def floor_session(user: MailUser) -> dict[str, Any]:
+    """The engine's own ``ImapSession`` (connect, log in, SELECT, UID SEARCH ALL, then
+    ``fetch_messages`` -- UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ, BODY.PEEK[] -- in
+    windows of 1000 UIDs): the least ours can spend on fetching, without storing."""
+    account = MailAccount(
+        protocol="imap",
+        security="plain",
+        host=user.server.host,
+        port=user.server.imap_port,
+        username=user.address,
+        password=user.password,
+    )
     started = time.perf_counter()
-    client = IMAPClient(user.server.host, port=user.server.imap_port, ssl=False, timeout=120)
-    try:
-        client.login(user.address, user.password)
-        client.select_folder("INBOX", readonly=True)
-        uids = sorted(int(uid) for uid in client.search("ALL"))
+    with ImapSession.open(account, timeout=120) as imap:
+        imap.select("INBOX")
         count = total = 0
-        for chunk in windows(uids):
-            for data in client.fetch(chunk, ["BODY.PEEK[]"]).values():
-                body = data.get(b"BODY[]")
-                if body is not None:
-                    count += 1
-                    total += len(body)
-        elapsed = time.perf_counter() - started
-    finally:
-        with contextlib.suppress(Exception):
-            client.logout()
+        for chunk in windows(imap.all_uids()):
+            for message in imap.fetch_messages(chunk):
+                count += 1
+                total += len(message.raw)
+    elapsed = time.perf_counter() - started
     return {"initial_s": elapsed, "messages": count, "bytes": total}
 
 
@@ -606,15 +609,15 @@ def bench_size(
     warm = floor_raw(user)
     floor = floor_raw(user)
     floor["warmup_s"] = warm["initial_s"]
-    with_client = floor_fetch(user)
-    floor["imapclient_s"] = with_client["initial_s"]
-    for name, run in (("floor", floor), ("floor with IMAPClient", with_client)):
+    with_session = floor_session(user)
+    floor["session_s"] = with_session["initial_s"]
+    for name, run in (("floor", floor), ("floor with our session", with_session)):
         if run["messages"] != size:
             warnings.append(f"{name} ({k}): fetched {run['messages']} messages, not {size}")
     results["floor"] = floor
     say(
-        f"{k}: floor {floor['initial_s']:.2f} s raw socket, {with_client['initial_s']:.2f} s "
-        f"with IMAPClient ({floor['bytes'] / 1e6:.0f} MB)"
+        f"{k}: floor {floor['initial_s']:.2f} s raw socket, {with_session['initial_s']:.2f} s "
+        f"with our session ({floor['bytes'] / 1e6:.0f} MB)"
     )
 
     flags = server_flags(user)
