@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -330,7 +330,7 @@ def prepared(message: FetchedMessage) -> FetchedMessage:
 _DONE = object()
 
 
-def read_ahead(items: Iterator[T]) -> Iterator[T]:
+def read_ahead(items: Iterator[T]) -> Generator[T, None, None]:
     """Yield ``items`` while a worker thread already produces the next one. Exceptions
     reach the consumer at the item that raised; when the consumer stops early, the item
     in flight is finished (never abandoned mid-command) before this returns."""
