@@ -21,8 +21,9 @@ Sequence, all in this one warm process:
 6. ``done`` with ``ru_maxrss`` and ``VmHWM``.
 
 With ``"profile": "<prefix>"`` in the configuration (``sync_bench.py --profile``), the
-initial sync and the 10-flag resync run under cProfile (``<prefix>.initial.prof`` / ``.txt``,
-``<prefix>.flags.*``) and 300 messages
+initial sync, the third no-change resync and the 10-flag resync run under cProfile
+(``<prefix>.initial.prof`` / ``.txt``, ``<prefix>.nochange.*``, ``<prefix>.flags.*``) and 300
+messages
 are extracted under cProfile in-process before the timed extraction
 (``<prefix>.extract.*``): the timings of such a run are not representative.
 """
@@ -241,6 +242,8 @@ def main() -> None:
     # -- 3. text extraction ----------------------------------------------------------------
     extract, mode = find_extraction(runner)
     extract_s: float | None = None
+    if config.get("skip_text"):
+        extract, mode = None, "skipped (--skip-text)"
     if extract is not None:
         if profile_prefix:
             profile_extraction(messages, f"{profile_prefix}.extract")
@@ -264,10 +267,16 @@ def main() -> None:
     # -- 4. no-change resyncs --------------------------------------------------------------
     runs = []
     changes = []
-    for _ in range(int(config.get("nochange_runs", 3))):
+    for run in range(int(config.get("nochange_runs", 3))):
+        profiler = cProfile.Profile() if profile_prefix and run == 2 else None
+        if profiler is not None:  # the third run: the first two warm the caches
+            profiler.enable()
         started = time.perf_counter()
         result = runner.sync_mailbox(mailbox, **sync_kwargs)
         runs.append(time.perf_counter() - started)
+        if profiler is not None:
+            profiler.disable()
+            dump_profile(profiler, f"{profile_prefix}.nochange")
         changes.append(
             {
                 key: sum(getattr(r, key) for r in result.reports)

@@ -468,6 +468,7 @@ def bench_ours(
                 "newest": newest,
                 "nochange_runs": NOCHANGE_RUNS,
                 "profile": str(args.workdir / f"ours-{size}") if args.profile else None,
+                "skip_text": args.skip_text,
             }
         )
         ready = child.expect("ready", 300)
@@ -506,16 +507,16 @@ def bench_ours(
         )
 
         text = child.expect("text", initial_timeout(size, args))
-        out["text_s"] = text["seconds"]
+        out["text_s"] = None if args.skip_text else text["seconds"]
         out["text_mode"] = text["mode"]
         out["text_extract_s"] = text["extract_s"]
         out["without_text"] = text["without_text"]
         out["text_pending"] = text["pending"]
         if text["extract_s"] is not None:
             out["text_mode"] += f" ({text['extract_s']:.2f} s after the initial sync)"
-        if text["pending"]:
+        if text["pending"] and not args.skip_text:
             warnings.append(f"{label}: {text['pending']} messages still pending extraction")
-        if text["without_text"]:
+        if text["without_text"] and not args.skip_text:
             warnings.append(
                 f"{label}: {text['without_text']} messages have no text after extraction"
             )
@@ -653,6 +654,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-offlineimap", action="store_true")
     parser.add_argument("--skip-mbsync", action="store_true", help="(for quick iterations)")
     parser.add_argument("--skip-ours", action="store_true", help="(for quick iterations)")
+    parser.add_argument(
+        "--skip-text",
+        action="store_true",
+        help="no text extraction after our initial sync (for quick iterations)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
