@@ -8,13 +8,15 @@ the engine's folder sync and record the mailbox's health.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
 
 from mailsync.crypto import CredentialError
+from mailsync.engine.accounts import MailAccount
 from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
 from mailsync.engine.imap import ImapSession
 from mailsync.engine.sync import SyncLimits, SyncProgress, SyncReport, sync_folder
@@ -22,6 +24,7 @@ from mailsync.extract import extract_messages, pending_messages
 from mailsync.leases import FolderBusy, folder_lease, renew_folder_lease
 from mailsync.models import Activity, Folder, Mailbox
 from mailsync.outbox import push_flag_changes
+from mailsync.sessions import lent_session
 from mailsync.store import DjangoFolderStore
 
 log = logging.getLogger(__name__)
@@ -37,17 +40,32 @@ class MailboxSyncResult:
 
 
 def open_session(mailbox: Mailbox) -> ImapSession:
+    return _connect(_imap_account(mailbox))
+
+
+def _imap_account(mailbox: Mailbox) -> MailAccount:
     if mailbox.protocol != Mailbox.Protocol.IMAP:
         raise ConfigurationError(f"mailbox {mailbox.name!r} is {mailbox.protocol}, not IMAP")
     try:
-        account = mailbox.account()
+        return mailbox.account()
     except CredentialError as exc:
         raise ConfigurationError(str(exc)) from exc
+
+
+def _connect(account: MailAccount) -> ImapSession:
     return ImapSession.connect(
         account,
         timeout=settings.IMAP_TIMEOUT_SECONDS,
         ignore_capabilities=settings.IMAP_IGNORE_CAPABILITIES,
     )
+
+
+@contextmanager
+def mailbox_session(mailbox: Mailbox) -> Iterator[ImapSession]:
+    """The mailbox's kept IMAP session (``mailsync.sessions``), or a new one."""
+    account = _imap_account(mailbox)
+    with lent_session(mailbox.pk, account, lambda: _connect(account)) as imap:
+        yield imap
 
 
 def sync_mailbox(
@@ -66,8 +84,7 @@ def sync_mailbox(
     result = MailboxSyncResult()
     Mailbox.objects.filter(pk=mailbox.pk).update(sync_status=Mailbox.SyncStatus.SYNCING)
     try:
-        imap = open_session(mailbox)
-        try:
+        with mailbox_session(mailbox) as imap:
             folders = ensure_folders(imap, mailbox, result)
             for folder in folders:
                 try:
@@ -78,8 +95,6 @@ def sync_mailbox(
                     )
                 except FolderBusy:
                     result.busy_folders.append(folder.name)
-        finally:
-            imap.close()
     except MailError as exc:
         _record_failure(mailbox, exc)
         raise
@@ -158,20 +173,14 @@ def sync_one_folder(
 
 def sync_folder_by_id(folder_id: int) -> SyncReport | None:
     folder = Folder.objects.select_related("mailbox").get(pk=folder_id)
-    imap = open_session(folder.mailbox)
-    try:
+    with mailbox_session(folder.mailbox) as imap:
         return sync_one_folder(imap, folder)
-    finally:
-        imap.close()
 
 
 def push_folder_changes(folder_id: int) -> int:
     folder = Folder.objects.select_related("mailbox").get(pk=folder_id)
-    imap = open_session(folder.mailbox)
-    try:
+    with mailbox_session(folder.mailbox) as imap:
         return push_flag_changes(imap, folder).sent
-    finally:
-        imap.close()
 
 
 def _record_failure(mailbox: Mailbox, exc: MailError) -> None:

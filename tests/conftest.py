@@ -101,6 +101,17 @@ def fast_password_hashing(settings: object) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True)
+def no_kept_imap_sessions() -> Iterator[None]:
+    """Each test starts without IMAP sessions kept by an earlier one (mailsync.sessions):
+    its Dovecot user, and often its mailbox row, are new."""
+    from mailsync import sessions
+
+    sessions.close_all()
+    yield
+    sessions.close_all()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def throwaway_var_dir() -> Iterator[None]:
     """Remove the per-run var/ that settings.py made for this test run (see there)."""

@@ -37,6 +37,7 @@ from mailsync.engine.imap_data import (
     FetchedMessage,
     FlagState,
     FolderStatus,
+    HeldFolderNews,
     RemoteFolder,
     SelectedFolder,
     copyuid_map,
@@ -83,6 +84,10 @@ class ImapSession:
         self.capabilities = capabilities
         self.selected: SelectedFolder | None = None
         self._reconnect: Callable[[], ImapSession] | None = None
+        # The selected folder, while everything up to its SELECT is stored and no change
+        # the server reported since has gone unread (see ``poll_held``).
+        self._held: str | None = None
+        self._news_dropped = False  # since the last SELECT
 
     def reopen(self) -> None:
         """Log in again on a fresh connection and select the same folder: after the
@@ -92,6 +97,7 @@ class ImapSession:
         _safe_shutdown(self._client)
         fresh = self._reconnect()
         self._client, self.capabilities = fresh._client, fresh.capabilities
+        self._held = None
         if self.selected is not None:
             self.select(self.selected.name)
 
@@ -254,7 +260,67 @@ class ImapSession:
             permanent_flags=frozenset(_text(f) for f in answer.get(b"PERMANENTFLAGS", ())),
         )
         self.selected = selected
+        self._held = None
+        self._news_dropped = False
+        # What SELECT said is in ``selected``: from here on the untagged responses imaplib
+        # collects are the server's news about this folder (see ``poll_held``).
+        self._client._imap.untagged_responses.clear()
         return selected
+
+    # -- holding a folder between syncs ----------------------------------------------
+
+    def alive(self) -> bool:
+        """A NOOP answered OK on a logged-in connection: a kept session is still usable
+        (the server may have logged it out, or dropped it when its folder was deleted).
+        What the NOOP brings stays collected for ``poll_held``."""
+        imap = self._client._imap
+        if imap.state not in ("AUTH", "SELECTED"):
+            return False
+        try:
+            with self._guard("NOOP"):
+                typ, _ = imap._simple_command("NOOP")
+        except MailError:
+            return False
+        return typ == "OK" and imap.state in ("AUTH", "SELECTED")
+
+    def hold(self) -> None:
+        """The selected folder is stored as of its SELECT: keep it selected, so the next
+        sync can ask for news with a NOOP instead of opening the folder again (STATUS and
+        SELECT read the folder's whole index: ≈65 ms at 100k messages on Dovecot)."""
+        if self.selected is not None and "QRESYNC" in self.capabilities:
+            # not when a change the server reported since SELECT was dropped unread: it
+            # would never be reported again
+            self._held = None if self._news_dropped else self.selected.name
+
+    def poll_held(self, folder: str) -> HeldFolderNews | None:
+        """NOOP on a held folder and what the server reported since its SELECT; None when
+        ``folder`` is not held (never synced on this connection, selected again since, or
+        a write of ours came between).
+
+        With QRESYNC enabled the server reports every change to the selected folder, by
+        any client: new mail as EXISTS, expunges as VANISHED, flag changes as FETCH with
+        UID and MODSEQ (RFC 7162 §3.2.10). Only flag changes are returned as such; any
+        other news (or a flag change we cannot read) means "changed": sync in full."""
+        if self._held != folder or self.selected is None:
+            return None
+        imap = self._client._imap
+        with self._guard("NOOP"):
+            typ, data = imap._simple_command("NOOP")
+        if typ != "OK":
+            raise ProtocolError(f"NOOP refused: {_text(data[0]) if data else typ}")
+        news = imap.untagged_responses
+        fetched = news.pop("FETCH", None) or []
+        if any(key in news for key in _FOLDER_NEWS):
+            self._held = None  # the full sync selects the folder again
+            return HeldFolderNews(changed=True)
+        flags: dict[int, FlagState] = {}
+        for items in _fetch_items(fetched):
+            uid = items.get(b"UID")
+            if uid is None or b"FLAGS" not in items:
+                self._held = None
+                return HeldFolderNews(changed=True)
+            flags[int(uid)] = _flag_state(int(uid), items)
+        return HeldFolderNews(changed=False, flags=flags)
 
     # -- reading -------------------------------------------------------------------
 
@@ -303,6 +369,8 @@ class ImapSession:
             text = _text(line).strip()
             if text.upper().startswith("(EARLIER)"):
                 text = text[len("(EARLIER)") :].strip()
+            else:  # news of an expunge after SELECT, perhaps of a UID filtered out below
+                self._held, self._news_dropped = None, True
             gone.extend(uid for uid in parse_uid_set(text) if uid < below_uid)
         changes = {uid: _flag_state(uid, data) for uid, data in answer.items()}
         return changes, sorted(set(gone))
@@ -407,6 +475,7 @@ class ImapSession:
         """
         modified: list[int] = []
         imap = self._client._imap
+        self._held = None  # its FETCH answers are dropped below, other clients' news with them
         item = ("+" if add else "-") + "FLAGS.SILENT"
         flag_list = "(" + " ".join(flags) + ")"
         for window in uid_windows(sorted(uids)):
@@ -439,6 +508,7 @@ class ImapSession:
         """
         if not uids:
             return None, {}
+        self._held = None
         imap = self._client._imap
         imap.untagged_responses.pop("COPYUID", None)
         if "MOVE" in self.capabilities:
@@ -458,6 +528,7 @@ class ImapSession:
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
         """``UID EXPUNGE`` (UIDPLUS) of exactly these UIDs."""
+        self._held = None
         if "UIDPLUS" not in self.capabilities:
             raise ProtocolError(
                 "the server lacks UIDPLUS: purging would need a bare EXPUNGE, which also "
@@ -469,6 +540,7 @@ class ImapSession:
 
     def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> int | None:
         """APPEND; returns the new UID when the server says (UIDPLUS APPENDUID)."""
+        self._held = None
         with self._guard(f"APPEND to {folder}", folder=folder):
             answer = self._client.append(folder, raw, flags=tuple(flags))
         match = re.search(r"APPENDUID \d+ (\d+)", _text(answer or b""))
@@ -522,11 +594,10 @@ class ImapSession:
             return result
         for pairs in _fetch_items(data):
             uid_value = pairs.get(b"UID")
-            if uid_value is None:
+            if uid_value is None or (accept is not None and not accept(int(uid_value))):
+                self._held, self._news_dropped = None, True  # another client's change
                 continue
             uid = int(uid_value)
-            if accept is not None and not accept(uid):
-                continue
             if b"INTERNALDATE" in pairs:
                 pairs[b"INTERNALDATE"] = parse_internaldate(pairs[b"INTERNALDATE"])
             result.setdefault(uid, {}).update(pairs)
@@ -574,6 +645,11 @@ def _fetch_items(data: list[Any]) -> list[dict[bytes, Any]]:
                     for i in range(0, len(attributes) - 1, 2)
                 }
             )
+
+
+# Untagged responses that mean the held folder changed beyond flags (or in a way the held
+# state cannot follow): the next sync selects it again.
+_FOLDER_NEWS = ("EXISTS", "EXPUNGE", "VANISHED", "RECENT", "FLAGS", "HIGHESTMODSEQ", "BYE")
 
 
 def _quiet_imaplib(client: IMAPClient) -> None:

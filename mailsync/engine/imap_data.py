@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -54,6 +54,15 @@ class FlagState:
     uid: int
     flags: frozenset[str]
     modseq: int | None
+
+
+@dataclass(frozen=True)
+class HeldFolderNews:
+    """What a NOOP on a held folder brought: flag changes only, or ``changed`` (anything
+    else: sync in full)."""
+
+    changed: bool
+    flags: dict[int, FlagState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

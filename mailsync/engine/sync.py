@@ -135,6 +135,8 @@ def sync_folder(
 ) -> SyncReport:
     report = SyncReport(folder=folder_name)
     cursor = store.load_cursor()
+    if _held_folder_news(imap, store, folder_name, cursor, report, clock):
+        return report
     if _nothing_changed(imap, store, folder_name, cursor):
         report.skipped = True
         return report
@@ -170,7 +172,36 @@ def sync_folder(
             highestmodseq_done=selected.highestmodseq,
         )
     )
+    imap.hold()
     return report
+
+
+def _held_folder_news(
+    imap: ImapSession,
+    store: FolderStore,
+    folder_name: str,
+    cursor: FolderCursor,
+    report: SyncReport,
+    clock: Callable[[], datetime],
+) -> bool:
+    """The cheapest check of all, on a connection still holding the folder from its last
+    full sync: a NOOP, after which the server has told of every change since (QRESYNC).
+    Nothing: done. Flag changes only: taken, done. Anything else: False, sync in full.
+
+    The cursor stays where the full sync left it: a later full sync (another connection,
+    STATUS) then reads those flag changes once more, which changes nothing."""
+    held = imap.selected
+    if held is None or cursor.uidvalidity != held.uidvalidity:
+        return False
+    observed_at = clock()
+    news = imap.poll_held(folder_name)
+    if news is None or news.changed or store.dead_letter_uids(held.uidvalidity):
+        return False
+    if news.flags:
+        report.flag_updates += store.apply_flags(held.uidvalidity, news.flags, observed_at)
+    else:
+        report.skipped = True
+    return True
 
 
 def _nothing_changed(

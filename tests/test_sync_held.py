@@ -1,0 +1,114 @@
+"""A worker keeps its IMAP connection between syncs, with the folder still selected: the
+next sync asks for news with a NOOP. Against Dovecot: nothing is missed, whatever another
+client does in between or during a sync."""
+
+from __future__ import annotations
+
+from mailsync import sessions
+from mailsync.engine.flags import SEEN
+from mailsync.models import Message
+from mailsync.runner import sync_mailbox
+from teaminbox.services import set_flag
+from tests.support.mirror import comparable, server_state
+from tests.test_sync import app_state, make_mail
+
+
+def test_a_kept_connection_asks_with_a_noop_and_opens_nothing(make_mailbox, recorded_user):
+    mailbox = make_mailbox(recorded_user)
+    recorded_user.append(make_mail("One"))
+    sync_mailbox(mailbox)
+    second = sync_mailbox(mailbox)
+    sessions.close_all()
+
+    assert second.reports[0].skipped
+    commands = recorded_user.rawlog_commands()
+    assert len([c for c in commands if c.startswith("LOGIN") or c.startswith("AUTHENTICATE")]) <= 1
+    after_first = commands[max(i for i, c in enumerate(commands) if c.startswith("UID FETCH")) :]
+    assert any(c == "NOOP" for c in after_first)
+    assert not any(c.startswith(("STATUS", "SELECT", "EXAMINE")) for c in after_first)
+
+
+def test_flag_changes_by_another_client_arrive_through_the_noop(shared_mailbox, mail_user):
+    uid = mail_user.append(make_mail("Flag me"))
+    sync_mailbox(shared_mailbox)
+    mail_user.add_flags([uid], ["\\Flagged", "\\Seen"])
+
+    report = sync_mailbox(shared_mailbox).reports[0]
+
+    assert report.flag_updates == 1
+    message = Message.objects.get(uid=uid)
+    assert (message.flagged, message.seen) == (True, True)
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_new_mail_and_expunges_while_held_are_synced_in_full(shared_mailbox, mail_user):
+    gone = mail_user.append(make_mail("Gone"))
+    sync_mailbox(shared_mailbox)
+    mail_user.expunge([gone])
+    new = mail_user.append(make_mail("New"))
+
+    report = sync_mailbox(shared_mailbox).reports[0]
+
+    assert (report.new_messages, report.expunged) == (1, 1)
+    assert Message.objects.get(uid=new).subject == "New"
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_a_change_made_during_a_sync_is_not_lost_by_the_next_noop(
+    shared_mailbox, mail_user, monkeypatch
+):
+    """Another client flags a stored message while our sync is fetching new mail: the
+    server tells us during the sync (and our FETCH drops it); the next sync must still
+    see it, since a NOOP will not repeat it."""
+    old = mail_user.append(make_mail("Old"))
+    sync_mailbox(shared_mailbox)
+    for i in range(3):
+        mail_user.append(make_mail(f"New {i}"))
+    from mailsync import store
+
+    original = store.DjangoFolderStore.save_messages
+    flagged: list[int] = []
+
+    def save_then_flag(self, uidvalidity, messages):
+        if not flagged:
+            mail_user.add_flags([old], ["\\Flagged"])
+            flagged.append(old)
+        return original(self, uidvalidity, messages)
+
+    monkeypatch.setattr(store.DjangoFolderStore, "save_messages", save_then_flag)
+    monkeypatch.setattr("django.conf.settings.SYNC_BATCH_MESSAGES", 1)
+    sync_mailbox(shared_mailbox)
+    monkeypatch.setattr(store.DjangoFolderStore, "save_messages", original)
+
+    sync_mailbox(shared_mailbox)
+
+    assert Message.objects.get(uid=old).flagged
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_after_a_push_of_ours_the_next_sync_checks_in_full(shared_mailbox, mail_user, bob):
+    """Our STORE's answers carry other clients' news too, and are dropped: the folder is
+    no longer held, so the next sync asks the server (STATUS) instead of trusting a NOOP."""
+    first = mail_user.append(make_mail("First"))
+    second = mail_user.append(make_mail("Second"))
+    sync_mailbox(shared_mailbox)
+    set_flag(message=Message.objects.get(uid=first), flag=SEEN, on=True, actor=bob)
+    mail_user.add_flags([second], ["\\Answered"])
+
+    sync_mailbox(shared_mailbox)  # pushes \\Seen, then syncs
+
+    assert Message.objects.get(uid=second).answered
+    assert "\\Seen" in mail_user.flags()[first]
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced(shared_mailbox, mail_user):
+    mail_user.append(make_mail("One"))
+    sync_mailbox(shared_mailbox)
+    mail_user.kick()  # the server ends every session of this user
+    mail_user.append(make_mail("Two"))
+
+    result = sync_mailbox(shared_mailbox)
+
+    assert result.reports[0].new_messages == 1
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
