@@ -12,6 +12,7 @@ This module is the public API and the assembly of a message from its pieces:
 - :mod:`mailsync.engine.mime_types`: the returned dataclasses (re-exported here);
 - :mod:`mailsync.engine.mime_headers`: RFC 2047/2231 decoding, addresses, dates, message-ids;
 - :mod:`mailsync.engine.mime_envelope`: the header block alone, split fast, for ``parse_envelope``;
+- :mod:`mailsync.engine.mime_large`: large base64 bodies decoded once, outside the parser;
 - :mod:`mailsync.engine.mime_parts`: the part walker, bodies, attachments, ``html_to_text``;
 - :mod:`mailsync.engine.mime_charsets` and :mod:`mailsync.engine.mime_tnef`: charsets, winmail.dat.
 
@@ -43,6 +44,7 @@ from mailsync.engine.mime_headers import (
     decode_words,
     sanitize_filename,
 )
+from mailsync.engine.mime_large import LARGE_PARSE, parse_large
 from mailsync.engine.mime_parts import (
     MAX_MESSAGE_DEPTH,
     MAX_MULTIPART_DEPTH,
@@ -220,6 +222,15 @@ def parse_message(raw: bytes) -> ParsedMessage:
         data = bytes(raw)
     except Exception:
         data = b""
+    if len(data) > LARGE_PARSE:
+        try:
+            return parse_large(data, _parse_or_fallback)
+        except Exception:  # MemoryError among others: the ordinary way still reads it
+            pass
+    return _parse_or_fallback(data)
+
+
+def _parse_or_fallback(data: bytes) -> ParsedMessage:
     try:
         return _parse(data)
     except RecursionError:
