@@ -50,7 +50,6 @@ sys.path.insert(0, str(ROOT))
 
 from imapclient import IMAPClient  # noqa: E402
 
-from mailsync.engine.accounts import MailAccount  # noqa: E402  (pure Python, no Django)
 from mailsync.engine.imap import ImapSession  # noqa: E402
 from tests.support.dovecot import DovecotServer, MailUser  # noqa: E402
 
@@ -512,14 +511,7 @@ def measure_session_setup(user: MailUser, rounds: int) -> dict[str, Stats | None
         [sum(values) for values in zip(*steps.values(), strict=True)]
     )
     # The same, through the engine, as runner.push_folder_changes does it.
-    account = MailAccount(
-        protocol="imap",
-        security="plain",
-        host=user.server.host,
-        port=user.server.imap_port,
-        username=user.address,
-        password=user.password,
-    )
+    account = user.account()
     engine, contexts = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()

@@ -65,7 +65,6 @@ from benchmarks.procs import (  # noqa: E402
     register,
     unregister,
 )
-from mailsync.engine.accounts import MailAccount  # noqa: E402
 from mailsync.engine.imap import ImapSession  # noqa: E402
 from tests.support.dovecot import DovecotServer, MailUser  # noqa: E402
 
@@ -275,14 +274,7 @@ def floor_session(user: MailUser) -> dict[str, Any]:
     """The engine's own ``ImapSession`` (connect, log in, SELECT, UID SEARCH ALL, then
     ``fetch_messages`` -- UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ, BODY.PEEK[] -- in
     windows of 1000 UIDs): the least ours can spend on fetching, without storing."""
-    account = MailAccount(
-        protocol="imap",
-        security="plain",
-        host=user.server.host,
-        port=user.server.imap_port,
-        username=user.address,
-        password=user.password,
-    )
+    account = user.account()
     started = time.perf_counter()
     with ImapSession.open(account, timeout=120) as imap:
         imap.select("INBOX")

@@ -22,10 +22,11 @@ def test_a_kept_connection_asks_with_a_noop_and_opens_nothing(make_mailbox, reco
 
     assert second.reports[0].skipped
     commands = recorded_user.rawlog_commands()
-    assert len([c for c in commands if c.startswith("LOGIN") or c.startswith("AUTHENTICATE")]) <= 1
-    after_first = commands[max(i for i, c in enumerate(commands) if c.startswith("UID FETCH")) :]
-    assert any(c == "NOOP" for c in after_first)
-    assert not any(c.startswith(("STATUS", "SELECT", "EXAMINE")) for c in after_first)
+    assert commands.count("ENABLE QRESYNC") == 1  # one session (one login) for both syncs
+    start = commands.index("ENABLE QRESYNC")
+    ours = commands[start : commands.index("LOGOUT", start)]
+    assert [c for c in ours if c.startswith(("SELECT", "STATUS", "EXAMINE"))] == ['SELECT "INBOX"']
+    assert "NOOP" in ours[ours.index('SELECT "INBOX"') :]
 
 
 def test_flag_changes_by_another_client_arrive_through_the_noop(shared_mailbox, mail_user):
@@ -112,3 +113,28 @@ def test_a_kept_connection_the_server_dropped_is_replaced(shared_mailbox, mail_u
 
     assert result.reports[0].new_messages == 1
     assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+def test_with_several_folders_an_unchanged_mailbox_selects_nothing(make_mailbox, recorded_user):
+    """The folder synced last stays held (NOOP); the others are vouched for by STATUS,
+    which leaves the held one selected."""
+    mailbox = make_mailbox(recorded_user, folders=["INBOX", "Archive"])
+    recorded_user.create_folder("Archive")
+    recorded_user.append(make_mail("In the inbox"))
+    archived = recorded_user.append(make_mail("Archived"), folder="Archive")
+    sync_mailbox(mailbox)
+    recorded_user.add_flags([archived], ["\\Flagged"], folder="Archive")
+
+    second = sync_mailbox(mailbox)
+    third = sync_mailbox(mailbox)
+    sessions.close_all()
+
+    assert {r.folder: r.flag_updates for r in second.reports} == {"INBOX": 0, "Archive": 1}
+    assert Message.objects.get(folder__name="Archive", uid=archived).flagged
+    assert [(r.folder, r.skipped) for r in third.reports] == [("INBOX", True), ("Archive", True)]
+    commands = recorded_user.rawlog_commands()
+    start = commands.index("ENABLE QRESYNC")  # our one session (the others are the helper's)
+    ours = commands[start : commands.index("LOGOUT", start)]
+    assert [c for c in ours if c.startswith("SELECT")] == ['SELECT "INBOX"', 'SELECT "Archive"']
+    after_first_sync = ours[ours.index('SELECT "Archive"') :]
+    assert after_first_sync.count("NOOP") >= 2

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from imapclient import IMAPClient
 
+from mailsync.engine.accounts import MailAccount
 from tests.support.paths import DOVECOT_TEMPLATE
 
 HOST = "127.0.0.1"
@@ -296,6 +297,17 @@ class MailUser:
         return self.server.mail_dir / domain / local
 
     # --- IMAP, over a connection of our own ---------------------------------------------
+
+    def account(self) -> MailAccount:
+        """How the engine reaches this user: plaintext IMAP on loopback."""
+        return MailAccount(
+            protocol="imap",
+            security="plain",
+            host=self.server.host,
+            port=self.server.imap_port,
+            username=self.address,
+            password=self.password,
+        )
 
     @contextlib.contextmanager
     def imap(self) -> Iterator[Any]:
