@@ -12,7 +12,7 @@ import multiprocessing
 from collections.abc import Iterator, Sequence
 
 from django.db import connections, transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from mailsync.engine.mime import ParsedMessage, envelope_of, fallback_message, parse_message
@@ -29,11 +29,33 @@ EXTRACTED_FIELDS = [
 ]  # fmt: skip
 
 
+# A person opening a message not extracted yet gets it extracted then and there, up to
+# this size (larger ones take a second or more: the worker's job, the page says so).
+EXTRACT_ON_VIEW_BYTES = 10 * 1024 * 1024
+
+
 def pending_messages(mailbox: Mailbox | None = None) -> QuerySet[Message]:
     rows = Message.objects.filter(extracted_at__isnull=True)
     if mailbox is not None:
         rows = rows.filter(folder__mailbox=mailbox)
     return rows
+
+
+def newest_first(rows: QuerySet[Message]) -> QuerySet[Message]:
+    """The order to extract in: the mail people read first. Not by primary key: a first
+    sync inserts the newest batches first, so the oldest mail has the highest keys."""
+    return rows.order_by(F("internaldate").desc(nulls_last=True), "-pk")
+
+
+def extract_for_reader(message: Message) -> bool:
+    """Extract a message a person is opening, unless it is large (the worker's job).
+    Returns whether it is extracted now."""
+    if message.extracted_at is not None:
+        return True
+    if message.size > EXTRACT_ON_VIEW_BYTES:
+        return False
+    extract_message(message)  # claims like a worker: whoever is first writes, once
+    return True
 
 
 def chunks(ids: Sequence[int], size: int = CHUNK) -> Iterator[list[int]]:
@@ -94,7 +116,7 @@ def extract_message(message: Message) -> bool:
 def extract_pending_in_parallel(mailbox: Mailbox | None = None, *, jobs: int = 0) -> int:
     """Extract every pending message with a pool of processes (the parser is CPU-bound and
     single-threaded). Used by ``syncmailbox --once``; workers use ``extract_messages`` tasks."""
-    ids = list(pending_messages(mailbox).order_by("-pk").values_list("pk", flat=True))
+    ids = list(newest_first(pending_messages(mailbox)).values_list("pk", flat=True))
     if not ids:
         return 0
     jobs = jobs or multiprocessing.cpu_count()

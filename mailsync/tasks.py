@@ -85,7 +85,7 @@ def enqueue_extraction(
         pending = pending.filter(created_at__gte=created_since)
     if created_before is not None:
         pending = pending.filter(created_at__lt=created_before)
-    ids = list(pending.order_by("-pk").values_list("pk", flat=True))
+    ids = list(extract.newest_first(pending).values_list("pk", flat=True))
     for chunk in extract.chunks(ids):
         extract_messages.delay(chunk)
 

@@ -278,3 +278,20 @@ def test_it_renders_hostile_html_in_a_sandbox_without_running_it_or_loading_remo
     assert leaked == [], f"requests left the machine: {leaked}"
     body_responses = [url for url in requests if "/body/" in url]
     assert body_responses, f"the iframe never loaded its body: {requests}"
+
+
+def test_a_message_listed_but_not_yet_extracted_shows_its_text_when_opened(
+    shared_mailbox, mail_user, bob, live_server, logged_in_page
+):
+    uid = mail_user.append(make_mail("Fresh from a big import", body="The printer is on fire."))
+    sync_mailbox(shared_mailbox, extract=False)  # as the worker lists: text comes later
+    message = Message.objects.get(folder__mailbox=shared_mailbox, uid=uid)
+    assert message.extracted_at is None and message.text_body == ""
+
+    page = logged_in_page(live_server, bob)
+    page.goto(message_url(live_server, shared_mailbox, message))
+
+    expect(page.get_by_text("The printer is on fire.")).to_be_visible()
+    expect(page.get_by_text("still being prepared")).to_have_count(0)
+    message.refresh_from_db()
+    assert message.extracted_at is not None

@@ -273,3 +273,22 @@ def test_it_fetches_and_stores_a_large_message_in_chunks_byte_exact(shared_mailb
     assert stored.subject == "Large scan"
     attachment = stored.attachments.get(filename="scan.pdf")
     assert attachment.blob.read() == payload
+
+
+def test_extraction_is_queued_newest_mail_first(shared_mailbox, mail_user, monkeypatch):
+    """A first sync inserts the newest batches first; the text of the newest mail must
+    still be prepared first, since that is what people open."""
+    from mailsync import tasks
+
+    with mail_user.imap() as client:  # arriving out of date order
+        for day in (3, 1, 4, 2):
+            when = datetime(2026, 3, day, 9, 0, tzinfo=UTC)
+            client.append("INBOX", make_mail(f"Day {day}"), msg_time=when)
+    sync_mailbox(shared_mailbox, extract=False)
+    queued: list[list[int]] = []
+    monkeypatch.setattr(tasks.extract_messages, "delay", queued.append)
+
+    tasks.enqueue_extraction(shared_mailbox)
+
+    order = [Message.objects.get(pk=pk).subject for chunk in queued for pk in chunk]
+    assert order == ["Day 4", "Day 3", "Day 2", "Day 1"]

@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_POST
 
+from mailsync.extract import extract_for_reader
 from mailsync.models import Attachment, FlagChange, Mailbox, Message
 from teaminbox import services
 from teaminbox.htmlsafe import sanitize_email_html
@@ -42,6 +43,9 @@ def _context(request: HtmxHttpRequest, mailbox: Mailbox, message: Message) -> di
 def message_page(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
+    # Listed before its text was extracted (a large first sync): extract it now rather
+    # than show "being prepared" until the workers get to it.
+    extract_for_reader(message)
     attachments = list(message.attachments.filter(inline=False))
     activities = message.activities.select_related("actor")[:50]
     context = _context(request, box, message)
