@@ -68,6 +68,9 @@ def close_all() -> None:
 def _take(mailbox_id: int, account: MailAccount) -> ImapSession | None:
     with _lock:
         entry = _kept.pop(mailbox_id, None)
+        expired = _pop_expired()
+    for old in expired:
+        old.session.close()
     if entry is None:
         return None
     stale = time.monotonic() - entry.returned_at > IDLE_SECONDS
@@ -75,6 +78,14 @@ def _take(mailbox_id: int, account: MailAccount) -> ImapSession | None:
         entry.session.close()
         return None
     return entry.session
+
+
+def _pop_expired() -> list[_Kept]:
+    """Sessions of mailboxes no longer synced here (deactivated, moved to another worker):
+    logged out when any session is next taken, not left to the server's timeout."""
+    now = time.monotonic()
+    expired = [key for key, entry in _kept.items() if now - entry.returned_at > IDLE_SECONDS]
+    return [_kept.pop(key) for key in expired]
 
 
 def _keep(mailbox_id: int, account: MailAccount, session: ImapSession) -> None:
