@@ -26,6 +26,7 @@ from mailsync.engine.imap import ImapSession
 
 IDLE_SECONDS = 600
 MAX_SESSIONS = 20
+clock = time.monotonic  # (tests turn it)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def _take(mailbox_id: int, account: MailAccount) -> ImapSession | None:
         old.session.close()
     if entry is None:
         return None
-    stale = time.monotonic() - entry.returned_at > IDLE_SECONDS
+    stale = clock() - entry.returned_at > IDLE_SECONDS
     if stale or entry.account != account or not entry.session.alive():
         entry.session.close()
         return None
@@ -83,7 +84,7 @@ def _take(mailbox_id: int, account: MailAccount) -> ImapSession | None:
 def _pop_expired() -> list[_Kept]:
     """Sessions of mailboxes no longer synced here (deactivated, moved to another worker):
     logged out when any session is next taken, not left to the server's timeout."""
-    now = time.monotonic()
+    now = clock()
     expired = [key for key, entry in _kept.items() if now - entry.returned_at > IDLE_SECONDS]
     return [_kept.pop(key) for key in expired]
 
@@ -94,7 +95,7 @@ def _keep(mailbox_id: int, account: MailAccount, session: ImapSession) -> None:
         previous = _kept.pop(mailbox_id, None)
         if previous is not None:
             evicted.append(previous)
-        _kept[mailbox_id] = _Kept(account, session, time.monotonic())
+        _kept[mailbox_id] = _Kept(account, session, clock())
         while len(_kept) > MAX_SESSIONS:  # the longest unused go first
             oldest = min(_kept, key=lambda key: _kept[key].returned_at)
             evicted.append(_kept.pop(oldest))

@@ -30,7 +30,7 @@ class StandIn:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     now = [1000.0]
-    monkeypatch.setattr(sessions.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(sessions, "clock", lambda: now[0])
     sessions.close_all()
     yield now
     sessions.close_all()
