@@ -10,18 +10,25 @@ import hashlib
 import logging
 import multiprocessing
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from django.db import connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from mailsync.engine.mime import ParsedMessage, envelope_of, fallback_message, parse_message
-from mailsync.ingest import apply_envelope, clean_text, store_blobs
-from mailsync.models import Attachment, Mailbox, Message
+from mailsync.ingest import (
+    apply_envelope,
+    clean_text,
+    commit_without_waiting_for_disk,
+    store_blobs,
+)
+from mailsync.models import Attachment, Blob, Mailbox, Message
 
 log = logging.getLogger(__name__)
 
 CHUNK = 50
+CHUNK_BYTES = 32 * 1024 * 1024
 EXTRACTED_FIELDS = [
     "message_id", "in_reply_to", "references", "subject", "from_name", "from_address",
     "to_display", "cc_display", "date", "text_body", "html_body", "parse_notices",
@@ -64,36 +71,57 @@ def chunks(ids: Sequence[int], size: int = CHUNK) -> Iterator[list[int]]:
 
 
 def extract_messages(message_ids: Sequence[int]) -> int:
-    """Extract the given messages that are still pending; returns how many were done."""
+    """Extract the given messages that are still pending; returns how many were done.
+
+    A group at a time (at most CHUNK messages and about CHUNK_BYTES of mail): its rows and
+    raw bytes read in two queries, each message parsed outside any transaction (CPU), then
+    the group claimed and written in one transaction -- not a query and a commit per
+    message, which cost more than the parsing."""
+    pending = Message.objects.filter(pk__in=list(message_ids), extracted_at__isnull=True)
     done = 0
-    rows = (
-        Message.objects.filter(pk__in=list(message_ids), extracted_at__isnull=True)
-        .select_related("blob")
-        .order_by("pk")
-    )
-    for message in rows.iterator(chunk_size=CHUNK):
-        done += extract_message(message)
+    for group in _groups(list(pending.order_by("pk").values_list("pk", "size"))):
+        messages = list(pending.filter(pk__in=group).order_by("pk"))
+        blobs = Blob.objects.in_bulk({m.blob_id for m in messages})
+        done += _write_extracted([(m, _parse_safely(blobs[m.blob_id].read())) for m in messages])
     return done
 
 
+def _groups(sized: list[tuple[int, int]]) -> Iterator[list[int]]:
+    group: list[int] = []
+    group_bytes = 0
+    for pk, size in sized:
+        if group and (len(group) >= CHUNK or group_bytes + size > CHUNK_BYTES):
+            yield group
+            group, group_bytes = [], 0
+        group.append(pk)
+        group_bytes += size
+    if group:
+        yield group
+
+
 def extract_message(message: Message) -> bool:
-    """Parse outside the transaction (CPU), then claim and write inside it: the claim is a
-    conditional UPDATE, so two workers given the same message write it once."""
-    parsed = _parse_safely(message.blob.read())
-    apply_envelope(message, envelope_of(parsed))
-    message.text_body = clean_text(parsed.text)
-    message.html_body = clean_text(parsed.html)
-    message.parse_notices = [clean_text(n) for n in parsed.notices]
-    message.shown_raw = parsed.shown_raw
-    message.has_attachments = any(not a.inline for a in parsed.attachments)
-    message.extracted_at = timezone.now()
+    """Extract one message now (a person is opening it); False if a worker was first."""
+    return _write_extracted([(message, _parse_safely(message.blob.read()))]) == 1
+
+
+def _write_extracted(group: list[tuple[Message, ParsedMessage]]) -> int:
+    """Claim and write: only rows still pending are claimed (locked, then re-checked), so
+    two workers given the same message write it once."""
+    if not group:
+        return 0
+    now = timezone.now()
+    for message, parsed in group:
+        _take_parsed(message, parsed, now)
     with transaction.atomic():
-        claimed = Message.objects.filter(pk=message.pk, extracted_at__isnull=True).update(
-            extracted_at=message.extracted_at
+        commit_without_waiting_for_disk()
+        claimed = set(
+            Message.objects.select_for_update()
+            .filter(pk__in=[m.pk for m, _ in group], extracted_at__isnull=True)
+            .values_list("pk", flat=True)
         )
-        if not claimed:
-            return False
-        store_blobs({_digest(part.payload): part.payload for part in parsed.attachments})
+        mine = [(m, parsed) for m, parsed in group if m.pk in claimed]
+        payloads = {_digest(a.payload): a.payload for _, parsed in mine for a in parsed.attachments}
+        store_blobs(payloads)
         Attachment.objects.bulk_create(
             [
                 Attachment(
@@ -106,11 +134,25 @@ def extract_message(message: Message) -> bool:
                     size=len(part.payload),
                     position=position,
                 )
+                for message, parsed in mine
                 for position, part in enumerate(parsed.attachments)
             ]
         )
-        message.save(update_fields=EXTRACTED_FIELDS)
-    return True
+        for message, _ in mine:  # plain UPDATEs: bulk_update's CASE costs more per row
+            Message.objects.filter(pk=message.pk).update(
+                **{field: getattr(message, field) for field in EXTRACTED_FIELDS}
+            )
+    return len(mine)
+
+
+def _take_parsed(message: Message, parsed: ParsedMessage, now: datetime) -> None:
+    apply_envelope(message, envelope_of(parsed))
+    message.text_body = clean_text(parsed.text)
+    message.html_body = clean_text(parsed.html)
+    message.parse_notices = [clean_text(n) for n in parsed.notices]
+    message.shown_raw = parsed.shown_raw
+    message.has_attachments = any(not a.inline for a in parsed.attachments)
+    message.extracted_at = now
 
 
 def extract_pending_in_parallel(mailbox: Mailbox | None = None, *, jobs: int = 0) -> int:

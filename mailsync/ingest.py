@@ -7,7 +7,7 @@ search text are extracted afterwards (``mailsync.extract``), in parallel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,7 +97,7 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
     if not pending:
         return 0
     with transaction.atomic():
-        _commit_without_waiting_for_disk()
+        commit_without_waiting_for_disk()
         store_blobs({p.digest: p.fetched.raw for p in pending})
         _thread(folder, pending)
         insert_rows([p.message for p in pending])
@@ -123,12 +123,13 @@ def _create_conversations(conversations: list[Conversation]) -> None:
     insert_rows(conversations, with_pk=True)
 
 
-def _commit_without_waiting_for_disk() -> None:
-    """A batch of new mail need not wait for its WAL flush (a few ms per commit, a large
-    share of a first sync's time). Safe because the server still has every message and the
-    folder's cursor moves later in a transaction that does wait: PostgreSQL writes WAL in
-    order, so a crash can lose only batches the cursor has not passed yet, and the next
-    sync fetches them again."""
+def commit_without_waiting_for_disk() -> None:
+    """This transaction's commit need not wait for its WAL flush (a few ms per commit, a
+    large share of a first sync's time, and of extraction's). For work that is redone
+    when lost: a batch of new mail (the server still has it, and the folder's cursor moves
+    later in a transaction that does wait; PostgreSQL writes WAL in order, so a crash can
+    lose only batches the cursor has not passed), or extracted text (the message stays
+    pending and is extracted again)."""
     if connection.vendor == "postgresql" and not connection.get_autocommit():
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit TO off")
@@ -166,7 +167,7 @@ def insert_rows(rows: Sequence[Model], *, with_pk: bool = False) -> None:
     )  # fmt: skip
 
 
-def store_blobs(raw_by_digest: dict[str, bytes | bytearray]) -> None:
+def store_blobs(raw_by_digest: Mapping[str, bytes | bytearray]) -> None:
     """Content-addressed: bytes already stored are not sent to the database again."""
     present = set(
         Blob.objects.filter(sha256__in=list(raw_by_digest)).values_list("sha256", flat=True)

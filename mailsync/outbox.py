@@ -93,9 +93,7 @@ def _back_to_outbox(changes: list[FlagChange], exc: MailError) -> None:
 
 
 def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushReport:
-    selected = imap.selected
-    if selected is None or selected.name != folder.name:
-        selected = imap.select(folder.name)
+    selected = imap.current_selection(folder.name) or imap.select(folder.name)
     # Aimed at an older numbering: the folder sync will move the change to the message's
     # new UID (matched by content) or cancel it. Until then it is never sent anywhere.
     wrong_location = [c for c in changes if c.uidvalidity != selected.uidvalidity]

@@ -78,6 +78,7 @@ def _take(mailbox_id: int, account: MailAccount) -> ImapSession | None:
     if stale or entry.account != account or not entry.session.alive():
         entry.session.close()
         return None
+    entry.session.lent_again()
     return entry.session
 
 

@@ -23,6 +23,9 @@ class StandIn:
     def alive(self) -> bool:
         return self.healthy
 
+    def lent_again(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed += 1
 

@@ -88,6 +88,7 @@ class ImapSession:
         # the server reported since has gone unread (see ``poll_held``).
         self._held: str | None = None
         self._news_dropped = False  # since the last SELECT
+        self._selected_this_loan = False  # see ``current_selection``
 
     def reopen(self) -> None:
         """Log in again on a fresh connection and select the same folder: after the
@@ -262,12 +263,25 @@ class ImapSession:
         self.selected = selected
         self._held = None
         self._news_dropped = False
+        self._selected_this_loan = True
         # What SELECT said is in ``selected``: from here on the untagged responses imaplib
         # collects are the server's news about this folder (see ``poll_held``).
         self._client._imap.untagged_responses.clear()
         return selected
 
     # -- holding a folder between syncs ----------------------------------------------
+
+    def lent_again(self) -> None:
+        """This kept session starts serving a new caller (``mailsync.sessions``)."""
+        self._selected_this_loan = False
+
+    def current_selection(self, folder: str) -> SelectedFolder | None:
+        """The selected folder if it is ``folder`` and was selected for the current caller:
+        a selection kept from an earlier sync may be of a folder deleted and recreated
+        since, and a write must never land there (only ``poll_held`` reads it)."""
+        if self.selected is not None and self.selected.name == folder:
+            return self.selected if self._selected_this_loan else None
+        return None
 
     def alive(self) -> bool:
         """A NOOP answered OK on a logged-in connection: a kept session is still usable
