@@ -49,6 +49,8 @@ from mailsync.engine.imap_data import (
 from mailsync.engine.imap_fetch import FetchParseError, parse_fetch_responses
 from mailsync.engine.tls import default_context
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "LARGE_MESSAGE",
     "FetchedMessage",
@@ -64,8 +66,6 @@ __all__ = [
 # Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
 LARGE_MESSAGE = 8 * 1024 * 1024
 LARGE_CHUNK = 1024 * 1024
-log = logging.getLogger(__name__)
-
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
 
@@ -291,11 +291,10 @@ class ImapSession:
         if imap.state not in ("AUTH", "SELECTED"):
             return False
         try:
-            with self._guard("NOOP"):
-                typ, _ = imap._simple_command("NOOP")
+            self._noop()
         except MailError:
             return False
-        return typ == "OK" and imap.state in ("AUTH", "SELECTED")
+        return imap.state in ("AUTH", "SELECTED")
 
     def hold(self) -> None:
         """The selected folder is stored as of its SELECT: keep it selected, so the next
@@ -317,12 +316,8 @@ class ImapSession:
         other news (or a flag change we cannot read) means "changed": sync in full."""
         if self._held != folder or self.selected is None:
             return None
-        imap = self._client._imap
-        with self._guard("NOOP"):
-            typ, data = imap._simple_command("NOOP")
-        if typ != "OK":
-            raise ProtocolError(f"NOOP refused: {_text(data[0]) if data else typ}")
-        news = imap.untagged_responses
+        self._noop()
+        news = self._client._imap.untagged_responses
         fetched = news.pop("FETCH", None) or []
         if any(key in news for key in _FOLDER_NEWS):
             self._held = None  # the full sync selects the folder again
@@ -335,6 +330,13 @@ class ImapSession:
                 return HeldFolderNews(changed=True)
             flags[int(uid)] = _flag_state(int(uid), items)
         return HeldFolderNews(changed=False, flags=flags)
+
+    def _noop(self) -> None:
+        """NOOP: the server's news arrive in imaplib's untagged responses."""
+        with self._guard("NOOP"):
+            typ, data = self._client._imap._simple_command("NOOP")
+        if typ != "OK":
+            raise ProtocolError(f"NOOP refused: {_text(data[0]) if data else typ}")
 
     # -- reading -------------------------------------------------------------------
 
