@@ -138,3 +138,37 @@ def test_with_several_folders_an_unchanged_mailbox_selects_nothing(make_mailbox,
     assert [c for c in ours if c.startswith("SELECT")] == ['SELECT "INBOX"', 'SELECT "Archive"']
     after_first_sync = ours[ours.index('SELECT "Archive"') :]
     assert after_first_sync.count("NOOP") >= 2
+
+
+def test_a_kept_connection_that_stopped_answering_is_given_up_within_seconds(
+    shared_mailbox, mail_user, monkeypatch
+):
+    """A NAT or firewall that forgot the connection: the NOOP never gets an answer. The
+    next sync waits ALIVE_TIMEOUT for it, not the full read timeout, then connects anew."""
+    import os
+    import signal
+    import time
+
+    from mailsync.engine import imap as imap_module
+
+    monkeypatch.setattr(imap_module, "ALIVE_TIMEOUT", 0.5)
+    mail_user.append(make_mail("One"))
+    sync_mailbox(shared_mailbox)
+    pids = [
+        int(pid)
+        for line in mail_user.server.doveadm("who", "-1").splitlines()
+        if line.startswith(mail_user.address) and " imap " in f" {line} "
+        for pid in line.split()[2:3]
+    ]
+    assert len(pids) == 1, mail_user.server.doveadm("who", "-1")
+    os.kill(pids[0], signal.SIGSTOP)  # the server side of our kept session goes silent
+    try:
+        mail_user.append(make_mail("Two"))
+        started = time.monotonic()
+        result = sync_mailbox(shared_mailbox)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pids[0], signal.SIGKILL)
+        os.kill(pids[0], signal.SIGCONT)
+    assert result.reports[0].new_messages == 1
+    assert elapsed < 10, elapsed  # not the 60 s read timeout

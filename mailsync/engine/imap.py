@@ -66,6 +66,7 @@ __all__ = [
 # Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
 LARGE_MESSAGE = 8 * 1024 * 1024
 LARGE_CHUNK = 1024 * 1024
+ALIVE_TIMEOUT = 10.0  # seconds a kept session has to answer its NOOP
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
 
@@ -290,10 +291,18 @@ class ImapSession:
         imap = self._client._imap
         if imap.state not in ("AUTH", "SELECTED"):
             return False
+        # A connection a NAT or firewall forgot never answers: give up after seconds, not
+        # after the full read timeout, and let the caller connect anew.
+        sock = self._client.socket()
+        timeout = sock.gettimeout()
         try:
+            sock.settimeout(min(ALIVE_TIMEOUT, timeout) if timeout else ALIVE_TIMEOUT)
             self._noop()
-        except MailError:
+        except (MailError, OSError):
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
         return imap.state in ("AUTH", "SELECTED")
 
     def hold(self) -> None:
