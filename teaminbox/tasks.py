@@ -1,5 +1,5 @@
 """Thin Celery tasks for outgoing mail. Celery delivers at least once; the conditional
-claim in ``replies.deliver`` makes a message go out once."""
+claim in ``delivery.deliver`` makes a message go out once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from celery import shared_task
 from celery.app.task import Task
 
 from mailsync.engine.errors import MailError
-from teaminbox import replies
+from teaminbox import delivery
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ RETRY_BACKOFF = [10, 30, 120, 600, 1800]
 @shared_task(bind=True, name="teaminbox.send_outgoing", acks_late=True)
 def send_outgoing(self: Task[Any, Any], outgoing_id: int) -> None:
     try:
-        replies.deliver(outgoing_id)
+        delivery.deliver(outgoing_id)
     except MailError as exc:  # deliver raises only transient errors, after re-queueing
         attempt = self.request.retries
         countdown = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
@@ -32,6 +32,6 @@ def send_outgoing(self: Task[Any, Any], outgoing_id: int) -> None:
 def sweep_outgoing() -> None:
     """For beat: re-enqueue queued mail whose task was lost; fail what a crash left in
     "sending" (perhaps delivered, so never re-sent by itself)."""
-    replies.fail_stale_sending()
-    for outgoing_id in replies.queued_ids(older_than=timedelta(minutes=10)):
+    delivery.fail_stale_sending()
+    for outgoing_id in delivery.queued_ids(older_than=timedelta(minutes=10)):
         send_outgoing.delay(outgoing_id)

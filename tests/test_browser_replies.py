@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from mailsync.engine.flags import ANSWERED
 from mailsync.models import Message
 from mailsync.runner import push_folder_changes, sync_mailbox
-from teaminbox import replies
+from teaminbox import delivery
 from teaminbox.models import OutgoingMessage
 from tests.browser import save_screenshot
 from tests.support.smtp import QUIET_AUTH_WARNING, SMTP_PASSWORD, SMTP_USER, smtp_server
@@ -66,7 +66,7 @@ def test_bob_replies_in_the_browser_with_an_autosaved_draft(
         expect(page.locator(".flash")).to_contain_text("Reply queued")
         expect(page.locator("#history")).to_contain_text("replied")
         outgoing = OutgoingMessage.objects.get()
-        replies.deliver(outgoing.pk)  # what the worker does with the enqueued task
+        delivery.deliver(outgoing.pk)  # what the worker does with the enqueued task
         push_folder_changes(original.folder_id)
 
         [arrived] = smtp.received

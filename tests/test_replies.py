@@ -15,7 +15,7 @@ from django.utils import timezone
 from mailsync.engine.flags import ANSWERED, SEEN
 from mailsync.models import Activity, Message
 from mailsync.runner import push_folder_changes
-from teaminbox import replies
+from teaminbox import delivery, replies
 from teaminbox.models import Membership, OutgoingMessage
 from teaminbox.tasks import send_outgoing
 from tests.support.mail import INVOICE_WITH_ATTACHMENT, client_for, receive
@@ -75,9 +75,9 @@ def test_it_sends_a_reply_from_the_shared_address_with_threading_headers(
     original = receive(mail_user, mailbox, ORIGINAL)
 
     outgoing = queue_reply(original, bob)
-    delivery = replies.deliver(outgoing.pk)
+    result = delivery.deliver(outgoing.pk)
 
-    assert delivery is not None and delivery.sent
+    assert result is not None and result.sent
     [arrived] = smtp.received
     assert arrived.authenticated
     assert arrived.mail_from == mailbox.email_address
@@ -109,7 +109,7 @@ def test_it_files_the_exact_bytes_in_sent_and_marks_the_original_answered_on_the
     original = receive(mail_user, mailbox, ORIGINAL)
 
     outgoing = queue_reply(original, bob)
-    replies.deliver(outgoing.pk)
+    delivery.deliver(outgoing.pk)
     push_folder_changes(original.folder_id)  # what the worker's push task does on commit
 
     [sent_uid] = mail_user.uids("Sent")
@@ -127,7 +127,7 @@ def test_it_leaves_sent_alone_when_the_server_files_sent_mail_itself(mailbox, ma
     mailbox.save()
     original = receive(mail_user, mailbox, ORIGINAL)
 
-    replies.deliver(queue_reply(original, bob).pk)
+    delivery.deliver(queue_reply(original, bob).pk)
 
     assert len(smtp.received) == 1
     assert mail_user.uids("Sent") == []
@@ -139,7 +139,7 @@ def test_it_sends_once_when_the_task_runs_twice(mailbox, mail_user, smtp, bob):
 
     send_outgoing.apply(args=(outgoing.pk,))
     send_outgoing.apply(args=(outgoing.pk,))
-    assert replies.deliver(outgoing.pk) is None
+    assert delivery.deliver(outgoing.pk) is None
 
     assert len(smtp.received) == 1
     assert len(mail_user.uids("Sent")) == 1
@@ -157,13 +157,13 @@ def test_it_cannot_queue_the_same_draft_twice(mailbox, mail_user, bob):
 def test_it_never_resends_a_message_a_crashed_worker_left_sending(mailbox, mail_user, smtp, bob):
     original = receive(mail_user, mailbox, ORIGINAL)
     outgoing = queue_reply(original, bob)
-    assert replies.claim(outgoing.pk)  # ...and the worker died before marking it sent
+    assert delivery.claim(outgoing.pk)  # ...and the worker died before marking it sent
     OutgoingMessage.objects.filter(pk=outgoing.pk).update(
         claimed_at=timezone.now() - timedelta(hours=1)
     )
 
-    assert replies.deliver(outgoing.pk) is None
-    assert replies.fail_stale_sending() == 1
+    assert delivery.deliver(outgoing.pk) is None
+    assert delivery.fail_stale_sending() == 1
 
     outgoing.refresh_from_db()
     assert outgoing.state == "failed"
@@ -194,7 +194,7 @@ def test_reply_uses_reply_to_and_reply_all_leaves_out_the_shared_address(mailbox
 def test_reply_all_reaches_everyone_but_the_team_itself(mailbox, mail_user, smtp, bob):
     original = receive(mail_user, mailbox, ORIGINAL)
 
-    replies.deliver(queue_reply(original, bob, kind="reply_all", bcc="boss@example.net").pk)
+    delivery.deliver(queue_reply(original, bob, kind="reply_all", bcc="boss@example.net").pk)
 
     [arrived] = smtp.received
     assert set(arrived.rcpt_tos) == {
@@ -211,7 +211,7 @@ def test_forward_carries_the_original_attachment(mailbox, mail_user, smtp, bob):
     original = receive(mail_user, mailbox, INVOICE_WITH_ATTACHMENT)
 
     outgoing = queue_reply(original, bob, kind="forward", to="Partner <partner@example.net>")
-    replies.deliver(outgoing.pk)
+    delivery.deliver(outgoing.pk)
     push_folder_changes(original.folder_id)
 
     [arrived] = smtp.received
@@ -233,9 +233,9 @@ def test_a_wrong_smtp_password_fails_clearly_and_sends_nothing(mailbox, mail_use
     original = receive(mail_user, mailbox, ORIGINAL)
     outgoing = queue_reply(original, bob)
 
-    delivery = replies.deliver(outgoing.pk)
+    result = delivery.deliver(outgoing.pk)
 
-    assert delivery is not None and not delivery.sent
+    assert result is not None and not result.sent
     outgoing.refresh_from_db()
     assert outgoing.state == "failed"
     assert "login refused" in outgoing.last_error
@@ -251,7 +251,7 @@ def test_it_refuses_plaintext_when_starttls_is_required(mailbox, mail_user, smtp
     original = receive(mail_user, mailbox, ORIGINAL)
     outgoing = queue_reply(original, bob)
 
-    replies.deliver(outgoing.pk)
+    delivery.deliver(outgoing.pk)
 
     outgoing.refresh_from_db()
     assert outgoing.state == "failed"
@@ -292,7 +292,7 @@ def test_it_replies_from_the_page_with_a_flash_and_a_history_entry(
         )
     assert sent.status_code == 302 and sent["Location"] == message_url
     assert callbacks, "delivery is enqueued on commit"
-    replies.deliver(draft.pk)  # what the enqueued task does
+    delivery.deliver(draft.pk)  # what the enqueued task does
 
     after = client.get(message_url).content.decode()
     assert "Reply queued" in after
@@ -327,7 +327,7 @@ def test_it_refuses_line_breaks_in_headers_and_sends_nothing(
     assert "must be one line" in response.content.decode()
     draft.refresh_from_db()
     assert draft.state == "draft"
-    assert replies.deliver(draft.pk) is None  # never queued, so nothing to send
+    assert delivery.deliver(draft.pk) is None  # never queued, so nothing to send
     assert smtp.received == []
 
 
@@ -411,7 +411,7 @@ def test_received_bytes_parse_as_clean_utf8_7bit_mail(mailbox, mail_user, smtp, 
     outgoing = queue_reply(
         original, bob, subject="Re: Bestellung überfällig", body_text="Grüße aus Köln\n"
     )
-    replies.deliver(outgoing.pk)
+    delivery.deliver(outgoing.pk)
 
     raw = smtp.received[0].raw
     assert raw.isascii()
