@@ -41,6 +41,10 @@ class OutgoingMessage(models.Model):
     States: draft -> queued (bytes built, Message-ID fixed) -> sending (claimed by exactly
     one worker with a conditional UPDATE) -> sent | failed. A row left in "sending" by a
     crash is never re-sent automatically: the mail may already have gone out.
+
+    The copy in Sent has its own state, apart from delivery: "pending" is set in the same
+    UPDATE that marks the row sent (so a crash between SMTP and the APPEND leaves it
+    pending), and stays until the server has the copy; retrying it never sends mail.
     """
 
     class Kind(models.TextChoices):
@@ -55,6 +59,11 @@ class OutgoingMessage(models.Model):
         SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+
+    class SentCopy(models.TextChoices):
+        NOT_NEEDED = "none", "Not needed"  # not sent yet, or the server files sent mail itself
+        PENDING = "pending", "Not yet saved to Sent"
+        SAVED = "saved", "Saved to Sent"
 
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="outgoing_messages")
     in_reply_to = models.ForeignKey(
@@ -97,6 +106,13 @@ class OutgoingMessage(models.Model):
     sent_folder = models.CharField(max_length=512, blank=True)
     sent_uid = models.BigIntegerField(null=True, blank=True)
     sent_copy_error = models.TextField(blank=True)
+    sent_copy = models.CharField(
+        max_length=8, choices=SentCopy.choices, default=SentCopy.NOT_NEEDED
+    )
+    sent_copy_attempts = models.PositiveIntegerField(default=0)
+    # a lease, not a lock: a worker that died mid-APPEND leaves it to expire
+    sent_copy_claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_copy_retry_at = models.DateTimeField(null=True, blank=True)  # backoff
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -105,7 +121,10 @@ class OutgoingMessage(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["state", "queued_at"], name="outgoing_state_queued")]
+        indexes = [
+            models.Index(fields=["state", "queued_at"], name="outgoing_state_queued"),
+            models.Index(fields=["sent_copy", "sent_copy_retry_at"], name="outgoing_sent_copy_due"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.subject[:60]!r} ({self.state})"

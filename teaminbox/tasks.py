@@ -28,10 +28,19 @@ def send_outgoing(self: Task[Any, Any], outgoing_id: int) -> None:
         raise self.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF)) from exc
 
 
+@shared_task(name="teaminbox.save_sent_copy", acks_late=True)
+def save_sent_copy(outgoing_id: int) -> None:
+    """Retry the copy in Sent of mail already sent; its backoff is kept on the row."""
+    delivery.save_sent_copy(outgoing_id)
+
+
 @shared_task(name="teaminbox.sweep_outgoing")
 def sweep_outgoing() -> None:
     """For beat: re-enqueue queued mail whose task was lost; fail what a crash left in
-    "sending" (perhaps delivered, so never re-sent by itself)."""
+    "sending" (perhaps delivered, so never re-sent by itself); retry copies of sent mail
+    that the server does not have yet."""
     delivery.fail_stale_sending()
     for outgoing_id in delivery.queued_ids(older_than=timedelta(minutes=10)):
         send_outgoing.delay(outgoing_id)
+    for outgoing_id in delivery.sent_copies_due():
+        save_sent_copy.delay(outgoing_id)

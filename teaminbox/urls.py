@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from teaminbox.views import compose, inbox, message
+from teaminbox.views import compose, inbox, message, outgoing
 
 urlpatterns = [
     path("", inbox.home, name="home"),
@@ -40,5 +40,10 @@ urlpatterns = [
         "m/<slug:mailbox>/outgoing/<int:outgoing_id>/retry/",
         compose.outgoing_retry,
         name="outgoing_retry",
+    ),
+    path(
+        "m/<slug:mailbox>/outgoing/<int:outgoing_id>/sent-copy/",
+        outgoing.save_to_sent,
+        name="save_to_sent",
     ),
 ]

@@ -571,6 +571,15 @@ class ImapSession:
         match = re.search(r"APPENDUID \d+ (\d+)", _text(answer or b""))
         return int(match.group(1)) if match else None
 
+    def search_header(self, folder: str, name: str, value: str) -> list[int]:
+        """UIDs in ``folder`` (selected for it) whose header ``name`` contains ``value``:
+        ``UID SEARCH HEADER``, a case-insensitive substring match (RFC 3501 §6.4.4)."""
+        self.select(folder)
+        charset = None if value.isascii() else "UTF-8"
+        with self._guard(f"UID SEARCH in {folder}", folder=folder):
+            found = self._client.search(["HEADER", name, value], charset=charset)
+        return sorted(int(uid) for uid in found)
+
     def find_special_folder(self, special_use: str) -> str | None:
         """The name of the folder LIST marks with ``special_use`` (e.g. ``"\\\\Sent"``)."""
         for folder in self.list_folders():
