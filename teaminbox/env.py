@@ -1,7 +1,9 @@
 """Settings helpers that read the environment and refuse malformed values.
 
 Each helper raises ``ImproperlyConfigured`` with the variable's name, so a typo in a
-deployment fails at start-up with a sentence instead of misbehaving later.
+deployment fails at start-up with a sentence instead of misbehaving later. An empty value
+means unset: docker-compose renders ``${NAME:-}`` as ``NAME=""``, and an empty key or host
+list is never what was meant.
 """
 
 from __future__ import annotations
@@ -14,22 +16,30 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _raw(name: str) -> str | None:
+    """The variable's value, or None when it is unset or empty."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return raw
 
 
 def envstr(name: str, default: str) -> str:
     """A string; ``NAME_FILE`` (a path) wins over ``NAME`` so secrets can live in files."""
-    file_path = os.environ.get(f"{name}_FILE")
+    file_path = _raw(f"{name}_FILE")
     if file_path:
         try:
             return Path(file_path).read_text().strip()
         except OSError as exc:
             raise ImproperlyConfigured(f"{name}_FILE={file_path!r} cannot be read: {exc}") from exc
-    return os.environ.get(name, default)
+    return _raw(name) or default
 
 
 def envbool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
+    raw = _raw(name)
     if raw is None:
         return default
     value = raw.strip().lower()
@@ -41,8 +51,8 @@ def envbool(name: str, default: bool) -> bool:
 
 
 def envint(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -54,7 +64,7 @@ def envint(name: str, default: int, *, minimum: int | None = None) -> int:
 
 
 def envlist(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
+    raw = _raw(name)
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
@@ -116,7 +126,7 @@ def database_from_url(url: str) -> dict[str, Any]:
 
 
 def redis_url(name: str) -> str | None:
-    raw = os.environ.get(name, "").strip()
+    raw = (_raw(name) or "").strip()
     if not raw:
         return None
     if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:

@@ -7,15 +7,16 @@ cache. Set ``DATABASE_URL`` and ``REDIS_URL`` for PostgreSQL and Redis.
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import ipaddress
 import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
 
+from teaminbox import keys
 from teaminbox.env import database_from_url, envbool, envint, envlist, envstr, redis_url
 
 # Lets admin/form classes be subscripted for the type checker (ModelAdmin[Mailbox]).
@@ -30,19 +31,22 @@ if os.environ.get("PYTEST_VERSION") and not os.environ.get("TEAMINBOX_VAR_DIR"):
 VAR_DIR = Path(envstr("TEAMINBOX_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = envbool("DEBUG", False)
-# The "django-insecure-" prefix makes `manage.py check --deploy` flag a forgotten key.
-SECRET_KEY = envstr("SECRET_KEY", "django-insecure-dev-only-key-set-SECRET_KEY-in-production")
+# Keys are read, never made here (teaminbox/keys.py): from SECRET_KEY / SECRET_KEY_FILE, else
+# VAR_DIR/secret_key, which `manage.py ensurekeys` writes (scripts/run runs it). Without one,
+# SECRET_KEY stays empty and Django refuses to sign anything, rather than this process
+# signing with a key its sibling processes do not share.
+_secret_key = keys.read_secret_key(VAR_DIR)
+SECRET_KEY = _secret_key.value
+SECRET_KEY_SOURCE = _secret_key.source
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
-# Mailbox passwords are encrypted at rest with Fernet; the key is derived from SECRET_KEY
-# when CREDENTIALS_KEY is unset so a development install works out of the box.
-CREDENTIALS_KEY = envstr(
-    "CREDENTIALS_KEY",
-    base64.urlsafe_b64encode(
-        hashlib.sha256(b"teaminbox-credentials:" + SECRET_KEY.encode()).digest()
-    ).decode(),
-)
+# Mailbox passwords are encrypted at rest with this Fernet key: CREDENTIALS_KEY /
+# CREDENTIALS_KEY_FILE, else VAR_DIR/credentials_key, else (an install from before that
+# file) derived from SECRET_KEY. The source is named when a password cannot be decrypted.
+_credentials_key = keys.read_credentials_key(VAR_DIR, _secret_key)
+CREDENTIALS_KEY = _credentials_key.value
+CREDENTIALS_KEY_SOURCE = _credentials_key.source
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -53,6 +57,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "axes",
     "mailsync",
     "teaminbox",
 ]
@@ -67,6 +72,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # After XFrameOptionsMiddleware, so it answers first: a page without its own policy
+    # gets ours and X-Frame-Options: DENY.
+    "teaminbox.csp.ContentSecurityPolicyMiddleware",
+    # Last: turns the wrong password that reaches the limit into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "teaminbox.urls"
@@ -119,6 +129,9 @@ if CELERY_BROKER_URL == "filesystem://":
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
         "store_processed": False,
+        # The broadcast (worker control) exchange tables; kombu's default is ./control,
+        # which lands in whatever directory the worker was started from.
+        "control_folder": str(VAR_DIR / "celery" / "control"),
     }
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
@@ -167,6 +180,36 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
+# Sign-in throttling (teaminbox/throttle.py): django-axes locks an (account, address) pair
+# after LOGIN_FAILURE_LIMIT wrong passwords; across addresses an account is only slowed down,
+# so nobody can lock the team out. An administrator unlocks a pair under "Access attempts".
+AUTHENTICATION_BACKENDS = [
+    "teaminbox.throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "teaminbox.throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "teaminbox.throttle.lockout_response"
+# Failures are kept (and shown in the admin); a row per successful sign-in is not needed.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+LOGIN_SLOWDOWN_AFTER = envint("LOGIN_SLOWDOWN_AFTER", 10, minimum=1)
+LOGIN_SLOWDOWN_MAX_SECONDS = envint("LOGIN_SLOWDOWN_MAX_SECONDS", 60, minimum=1)
+LOGIN_SLOWDOWN_WINDOW_SECONDS = envint("LOGIN_SLOWDOWN_WINDOW_SECONDS", 900, minimum=1)
+# Addresses (or networks) of our own reverse proxies: only a request from one of them has
+# its X-Forwarded-For believed. Empty: the app is reached directly.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network"
+        ) from _exc
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = envstr("TIME_ZONE", "UTC")
 USE_I18N = True
@@ -213,7 +256,7 @@ LOGGING = {
 # The embedded defaults write under var/ (SQLite, the filesystem broker, the file cache).
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 STATIC_ROOT.mkdir(exist_ok=True)
-for _key in ("data_folder_in", "processed_folder"):
+for _key in ("data_folder_in", "processed_folder", "control_folder"):
     _folder = CELERY_BROKER_TRANSPORT_OPTIONS.get(_key)
     if isinstance(_folder, str):
         Path(_folder).mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import secrets
@@ -110,6 +111,15 @@ def no_kept_imap_sessions() -> Iterator[None]:
     sessions.close_all()
     yield
     sessions.close_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def install_keys() -> None:
+    """The run's var/ gets its key files as scripts/run writes them (settings only read
+    them): this process and the manage.py and worker processes tests start share them."""
+    from django.core.management import call_command
+
+    call_command("ensurekeys", stdout=io.StringIO())
 
 
 @pytest.fixture(scope="session", autouse=True)
