@@ -38,7 +38,12 @@ DEBUG = envbool("DEBUG", False)
 _secret_key = keys.read_secret_key(VAR_DIR)
 SECRET_KEY = _secret_key.value
 SECRET_KEY_SOURCE = _secret_key.source
+# The public host name, served over HTTPS by the compose file's proxy (deploy/Caddyfile):
+# an allowed host, and SECURE_HTTPS defaults on.
+DOMAIN = envstr("DOMAIN", "")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+if DOMAIN:
+    ALLOWED_HOSTS.append(DOMAIN)
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
 # Mailbox passwords are encrypted at rest with this Fernet key: CREDENTIALS_KEY /
@@ -171,6 +176,9 @@ IMAP_TIMEOUT_SECONDS = envint("IMAP_TIMEOUT_SECONDS", 60, minimum=1)
 # Capabilities to disregard, for a server whose CONDSTORE/QRESYNC is known to be broken.
 IMAP_IGNORE_CAPABILITIES = envlist("IMAP_IGNORE_CAPABILITIES", [])
 
+# Outgoing mail: distinct addresses in To, Cc and Bcc together, per message.
+MAX_RECIPIENTS = envint("MAX_RECIPIENTS", 100, minimum=1)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -232,8 +240,9 @@ SILENCED_SYSTEM_CHECKS = ["security.W019"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 # Served over HTTPS (directly or behind a proxy that sets X-Forwarded-Proto): secure
-# cookies, redirects to HTTPS and HSTS. Production sets it; `check --deploy` then passes.
-SECURE_HTTPS = envbool("SECURE_HTTPS", False)
+# cookies, redirects to HTTPS and HSTS. Production sets it (or DOMAIN); `check --deploy`
+# then passes.
+SECURE_HTTPS = envbool("SECURE_HTTPS", bool(DOMAIN))
 if SECURE_HTTPS:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True

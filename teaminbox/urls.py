@@ -4,11 +4,15 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from teaminbox.throttle import AdminLoginForm, LoginForm
 from teaminbox.views import compose, inbox, message, outgoing
+
+# Both sign-in pages go through the throttle (teaminbox/throttle.py).
+admin.site.login_form = AdminLoginForm
 
 urlpatterns = [
     path("", inbox.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("m/<slug:mailbox>/", inbox.inbox, name="inbox"),

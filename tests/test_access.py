@@ -142,3 +142,46 @@ def test_the_body_frame_allows_remote_images_only_when_asked(shared_mailbox, mai
     assert b"https://images.example.org/logo.png" in shown.content
     assert "img-src 'self' data: https:" in shown["Content-Security-Policy"]
     assert "script-src" not in shown["Content-Security-Policy"]  # default-src 'none' holds
+
+
+def test_every_page_sends_a_strict_policy_and_refuses_to_be_framed(synced_message, bob):
+    from django.contrib.auth.models import User
+
+    client = client_for(bob)
+    urls = urls_of(synced_message)
+    root = User.objects.create_superuser("root", "root@example.test", "x")
+    admin_client = Client()
+    admin_client.force_login(root)
+    pages = {
+        "login": Client().get(reverse("login")),
+        "admin login": Client().get(reverse("admin:login")),
+        "home": client.get(reverse("home")),
+        "inbox": client.get(urls["inbox"]),
+        "message": client.get(urls["message"]),
+        "not found": client.get("/no-such-page/"),
+        "admin": admin_client.get(reverse("admin:index")),
+    }
+    for name, page in pages.items():
+        policy = page["Content-Security-Policy"]
+        assert "default-src 'self'" in policy, name
+        assert "frame-ancestors 'none'" in policy, name
+        assert "unsafe" not in policy, name
+        assert page["X-Frame-Options"] == "DENY", name
+
+    # The body frame keeps its own policy, framed by our message page only.
+    body = client.get(urls["body"])
+    assert body["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "frame-ancestors 'self'" in body["Content-Security-Policy"]
+    assert body["X-Frame-Options"] == "SAMEORIGIN"
+    attachment = client.get(urls["attachment"])
+    assert attachment["Content-Security-Policy"] == "default-src 'none'; sandbox"
+
+
+def test_the_error_pages_need_no_inline_style_or_script():
+    from django.template.loader import render_to_string
+
+    for template in ("500.html", "404.html", "registration/locked_out.html"):
+        html = render_to_string(template)
+        assert "<style" not in html, template
+        assert "style=" not in html, template
+        assert "<script>" not in html, template
