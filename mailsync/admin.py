@@ -4,10 +4,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils.text import Truncator
 
 from mailsync.models import Activity, DeadLetter, FlagChange, Folder, Mailbox
+from mailsync.runner import POP3_MAILBOX_NOT_SYNCED, POP3_NOT_AVAILABLE, record_not_synced
+from mailsync.tasks import start_mailbox_sync
 
 
 class MailboxForm(forms.ModelForm[Mailbox]):
@@ -56,6 +59,12 @@ class MailboxForm(forms.ModelForm[Mailbox]):
         if self.instance.pk:
             self.initial["folder_names"] = ", ".join(self.instance.chosen_folder_names())
 
+    def clean_protocol(self) -> str:
+        protocol = str(self.cleaned_data.get("protocol") or "")
+        if protocol != Mailbox.Protocol.IMAP:
+            raise forms.ValidationError(f"{POP3_NOT_AVAILABLE}; choose IMAP.")
+        return protocol
+
     def clean_folder_names(self) -> list[str]:
         raw = str(self.cleaned_data.get("folder_names") or "")
         names = [name.strip() for name in raw.split(",") if name.strip()]
@@ -103,7 +112,7 @@ class MailboxAdmin(admin.ModelAdmin[Mailbox]):
         "host",
         "sync_status",
         "last_synced_at",
-        "last_error",
+        "problem",
     ]
     list_filter = ["sync_status", "protocol", "is_active"]
     search_fields = ["name", "email_address", "host", "username"]
@@ -111,19 +120,71 @@ class MailboxAdmin(admin.ModelAdmin[Mailbox]):
     inlines = [FolderInline]
     actions = ["sync_now"]
 
+    @admin.display(description="Problem")
+    def problem(self, mailbox: Mailbox) -> str:
+        """The whole sentence is on the change page; the list shortens it at a word."""
+        if mailbox.protocol != Mailbox.Protocol.IMAP:
+            return POP3_MAILBOX_NOT_SYNCED
+        return Truncator(mailbox.last_error).words(24)
+
+    def save_model(self, request: HttpRequest, obj: Mailbox, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # A new or corrected mailbox is synced now, so its status (or what is wrong with
+        # it) shows in seconds rather than at beat's next round.
+        if obj.is_active and obj.protocol == Mailbox.Protocol.IMAP:
+            start_mailbox_sync(obj.pk)
+            self.message_user(request, "Sync started; see the status column.", messages.INFO)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        mailbox = self.get_object(request, object_id)
+        if request.method == "GET" and mailbox and mailbox.protocol != Mailbox.Protocol.IMAP:
+            self.message_user(request, POP3_MAILBOX_NOT_SYNCED, messages.WARNING)
+        return super().change_view(request, object_id, form_url, extra_context)
+
     @admin.action(description="Sync now")
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Mailbox]) -> None:
-        from mailsync.tasks import sync_mailbox
-
+        started = 0
         for mailbox in queryset:
-            sync_mailbox.delay(mailbox.pk)
-        self.message_user(
-            request, f"Sync queued for {queryset.count()} mailbox(es).", messages.SUCCESS
-        )
+            if mailbox.protocol == Mailbox.Protocol.IMAP:
+                start_mailbox_sync(mailbox.pk)
+                started += 1
+            else:
+                record_not_synced(mailbox)
+                self.message_user(
+                    request, f"{mailbox.name}: {POP3_MAILBOX_NOT_SYNCED}", messages.WARNING
+                )
+        if started:
+            self.message_user(
+                request,
+                f"Sync started for {started} mailbox(es); see the status column.",
+                messages.SUCCESS,
+            )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+    """Rows the sync and the team write: deleting one by hand loses something (history,
+    a staff change still on its way to the server, a message still to be fetched)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
 
 
 @admin.register(Folder)
-class FolderAdmin(admin.ModelAdmin[Folder]):
+class FolderAdmin(ReadOnlyAdmin):
+    # Folders follow the mailbox's folder list; deleting one would drop its messages,
+    # their history and pending changes, only for the next sync to fetch it all again.
     list_display = [
         "__str__",
         "special_use",
@@ -146,32 +207,19 @@ class FolderAdmin(admin.ModelAdmin[Folder]):
 
 
 @admin.register(Activity)
-class ActivityAdmin(admin.ModelAdmin[Activity]):
+class ActivityAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "mailbox", "actor", "source", "describe", "message"]
     list_filter = ["mailbox", "source", "verb"]
     list_select_related = ["mailbox", "actor", "message"]
-    raw_id_fields = ["message"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Activity | None = None) -> bool:
-        return False
 
 
 @admin.register(FlagChange)
-class FlagChangeAdmin(admin.ModelAdmin[FlagChange]):
+class FlagChangeAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "folder", "uid", "flag", "add", "state", "attempts", "last_error"]
     list_filter = ["state"]
-    raw_id_fields = ["message"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
+class DeadLetterAdmin(ReadOnlyAdmin):
+    # A dead letter is retried at every sync until the server delivers the message.
     list_display = ["created_at", "folder", "uidvalidity", "uid", "attempts", "reason"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False

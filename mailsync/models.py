@@ -94,6 +94,7 @@ class Mailbox(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name_plural = "mailboxes"
 
     def __str__(self) -> str:
         return self.name
@@ -381,6 +382,8 @@ class FlagChange(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["folder", "state"], name="flagchange_folder_state")]
+        verbose_name = "outbox flag change"
+        verbose_name_plural = "outbox (flag changes)"
 
     def __str__(self) -> str:
         if self.kind == self.Kind.MOVE:
@@ -414,7 +417,9 @@ class Activity(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        verbose_name_plural = "activities"
+        # the admin menu names it as the app does: the history
+        verbose_name = "history entry"
+        verbose_name_plural = "history"
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.describe()}"

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[SyncProgress], None]
 
+# Mailbox.Protocol still offers POP3 for rows saved before this check; nothing syncs it.
+POP3_NOT_AVAILABLE = "POP3 sync is not available yet"
+POP3_MAILBOX_NOT_SYNCED = (
+    f"{POP3_NOT_AVAILABLE}, so this mailbox is not synced; change its protocol to IMAP "
+    "in the admin."
+)
+
 
 @dataclass
 class MailboxSyncResult:
@@ -45,7 +52,7 @@ def open_session(mailbox: Mailbox) -> ImapSession:
 
 def _imap_account(mailbox: Mailbox) -> MailAccount:
     if mailbox.protocol != Mailbox.Protocol.IMAP:
-        raise ConfigurationError(f"mailbox {mailbox.name!r} is {mailbox.protocol}, not IMAP")
+        raise ConfigurationError(POP3_MAILBOX_NOT_SYNCED)
     try:
         return mailbox.account()
     except CredentialError as exc:
@@ -181,6 +188,12 @@ def push_folder_changes(folder_id: int) -> int:
     folder = Folder.objects.select_related("mailbox").get(pk=folder_id)
     with mailbox_session(folder.mailbox) as imap:
         return push_flag_changes(imap, folder).sent
+
+
+def record_not_synced(mailbox: Mailbox) -> None:
+    """A mailbox nothing can sync (POP3, for now): its status says so instead of the
+    mailbox staying "not synced yet" in silence."""
+    _record_failure(mailbox, ConfigurationError(POP3_MAILBOX_NOT_SYNCED))
 
 
 def _record_failure(mailbox: Mailbox, exc: MailError) -> None:

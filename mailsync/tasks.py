@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
+from django.db import transaction
 from django.utils import timezone
 
 from mailsync import extract, outbox, runner
@@ -33,7 +34,10 @@ def _retry_later(task: Task[Any, Any], exc: MailError) -> None:
 @shared_task(bind=True, name="mailsync.sync_mailbox", acks_late=True)
 def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
     mailbox = Mailbox.objects.filter(pk=mailbox_id, is_active=True).first()
-    if mailbox is None or mailbox.protocol != Mailbox.Protocol.IMAP:
+    if mailbox is None:
+        return
+    if mailbox.protocol != Mailbox.Protocol.IMAP:
+        runner.record_not_synced(mailbox)
         return
     started = timezone.now()
     try:
@@ -99,10 +103,24 @@ def sweep_extraction() -> None:
 @shared_task(name="mailsync.sync_all_mailboxes")
 def sync_all_mailboxes() -> None:
     """Beat's safety net: push (IDLE, later) is the fast path, this catches the rest."""
-    for mailbox_id in Mailbox.objects.filter(
-        is_active=True, protocol=Mailbox.Protocol.IMAP
-    ).values_list("pk", flat=True):
-        sync_mailbox.delay(mailbox_id)
+    for mailbox in Mailbox.objects.filter(is_active=True):
+        if mailbox.protocol == Mailbox.Protocol.IMAP:
+            sync_mailbox.delay(mailbox.pk)
+        else:
+            runner.record_not_synced(mailbox)
+
+
+def start_mailbox_sync(mailbox_id: int) -> None:
+    """Sync the mailbox once the caller's transaction commits (the worker must see the
+    saved row). A broker that is down only delays it: beat's sync runs within a minute."""
+
+    def enqueue() -> None:
+        try:
+            sync_mailbox.delay(mailbox_id)
+        except Exception:  # any broker failure: kombu raises its own and OSError
+            log.warning("could not enqueue a sync of mailbox %s; beat's sync will", mailbox_id)
+
+    transaction.on_commit(enqueue)
 
 
 @shared_task(name="mailsync.sweep_flag_outbox")

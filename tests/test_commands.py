@@ -115,3 +115,14 @@ def test_it_explains_a_malformed_url(manage):
     assert added.returncode != 0
     assert "unsupported scheme" in added.stderr
     assert "Traceback" not in added.stderr
+
+
+def test_it_refuses_a_pop3_url_with_a_sentence(manage):
+    added = manage("addmailbox", "support", "--url", "pop3s://someone:pw@pop.example.org")
+
+    assert added.returncode != 0
+    assert "POP3 sync is not available yet; use imap://, imaps:// or imap+starttls://" in (
+        added.stderr
+    )
+    assert "Traceback" not in added.stderr
+    assert not Mailbox.objects.filter(name="support").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import socket
 import ssl
 
@@ -57,3 +59,30 @@ def tls_failure(where: str, exc: ssl.SSLError) -> TlsError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return TlsError(f"{where}: certificate not trusted ({exc.verify_message})")
     return TlsError(f"{where}: TLS failed ({exc.reason or exc})")
+
+
+# imaplib keeps the server's words as bytes and imapclient wraps them with str(), so an
+# error's text arrives as "b'[AUTHENTICATIONFAILED] Authentication failed.'".
+_BYTES_LITERAL = re.compile(r"""(?<!\w)b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+# RFC 3501 §7.1: a response code in brackets before the human-readable text.
+_RESPONSE_CODE = re.compile(r"^\[([A-Za-z][\w.-]*)(?: [^\]]*)?\]\s*(.*)$", re.DOTALL)
+
+
+def server_sentence(raw: object) -> str:
+    """What a server said, as text a person reads: bytes and the Python repr of bytes
+    decoded, a leading ``[CODE]`` written as ``CODE: text``, on one line."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    text = " ".join(_BYTES_LITERAL.sub(_decoded_literal, text).split())
+    code = _RESPONSE_CODE.match(text)
+    if code is not None:
+        word, rest = code.group(1).upper(), code.group(2).strip()
+        text = f"{word}: {rest}" if rest else word
+    return text
+
+
+def _decoded_literal(match: re.Match[str]) -> str:
+    try:
+        value = ast.literal_eval(match.group(0))
+    except (ValueError, SyntaxError):
+        return match.group(0)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -30,6 +30,7 @@ from mailsync.engine.errors import (
     ServerUnreachable,
     TlsError,
     describe_os_error,
+    server_sentence,
     tls_failure,
 )
 from mailsync.engine.flags import normalize_flags
@@ -166,14 +167,17 @@ class ImapSession:
         except LoginError as exc:
             _safe_shutdown(client)
             raise AuthenticationFailed(
-                f"{where}: login refused for {account.username!r} ({_server_text(exc)})"
+                f"login refused for {account.username!r} by {where} ({_server_text(exc)}); "
+                "check the user name and password"
             ) from exc
         except ssl.SSLError as exc:
             _safe_shutdown(client)
             raise tls_failure(where, exc) from exc
         except (OSError, IMAPClientError) as exc:
             _safe_shutdown(client)
-            raise ServerUnreachable(f"{where}: connection lost during login ({exc})") from exc
+            raise ServerUnreachable(
+                f"{where}: connection lost during login ({_server_text(exc)})"
+            ) from exc
 
         try:
             # Servers may announce more after authentication (M365 does): ask again.
@@ -193,7 +197,9 @@ class ImapSession:
                 client.enable("CONDSTORE")
         except (OSError, IMAPClientError) as exc:
             _safe_shutdown(client)
-            raise ServerUnreachable(f"{where}: connection lost after login ({exc})") from exc
+            raise ServerUnreachable(
+                f"{where}: connection lost after login ({_server_text(exc)})"
+            ) from exc
         session = cls(client, capabilities)
         session._reconnect = lambda: cls.connect(
             account,
@@ -704,8 +710,9 @@ def _flag_state(uid: int, data: dict[bytes, Any]) -> FlagState:
 
 
 def _server_text(exc: BaseException) -> str:
-    text = _text(exc.args[0]) if exc.args else str(exc)
-    return text.strip().strip("[]'\"") or exc.__class__.__name__
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    return server_sentence(exc.args[0] if exc.args else exc) or exc.__class__.__name__
 
 
 def _safe_shutdown(client: IMAPClient) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import PermissionsMixin
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -16,7 +17,14 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
     mailboxes = list(mailboxes_for(request.user))
     if len(mailboxes) == 1:
         return redirect("inbox", mailbox=mailboxes[0].name)
-    return render(request, "teaminbox/home.html", {"mailboxes": mailboxes})
+    # Whoever may open the admin can add the first mailbox: tell them where, not to ask.
+    user = request.user
+    can_add_mailbox = isinstance(user, PermissionsMixin) and user.has_perm("mailsync.add_mailbox")
+    return render(
+        request,
+        "teaminbox/home.html",
+        {"mailboxes": mailboxes, "can_add_mailbox": can_add_mailbox},
+    )
 
 
 @login_required

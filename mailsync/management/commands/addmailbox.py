@@ -5,22 +5,25 @@ import os
 import sys
 from argparse import ArgumentParser
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from mailsync.engine.accounts import parse_account_url
 from mailsync.engine.errors import ConfigurationError
 from mailsync.models import Mailbox
+from mailsync.runner import POP3_NOT_AVAILABLE
 from teaminbox.services import set_membership
 
 
 class Command(BaseCommand):
     help = (
-        "Add (or update) a shared mailbox. URL: imap://, imaps://, imap+starttls://, pop3:// "
-        "or pop3s:// user[:password]@host[:port], percent-encoded. Without a password in the "
-        "URL, MAILBOX_PASSWORD is used, else you are asked."
+        "Add (or update) a shared mailbox. URL: imap://, imaps:// or imap+starttls:// "
+        "user[:password]@host[:port], percent-encoded (POP3 sync is not available yet). "
+        "Without a password in the URL, MAILBOX_PASSWORD is used, else you are asked."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -41,6 +44,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         name: str = options["name"]
         url: str = options["url"]
+        # Before asking for a password that could not be used.
+        if _scheme(url).startswith("pop3"):
+            raise CommandError(
+                f"--url: {POP3_NOT_AVAILABLE}; use imap://, imaps:// or imap+starttls://"
+            )
         try:
             account = parse_account_url(url, password=self._password_if_needed(url))
         except ConfigurationError as exc:
@@ -48,7 +56,7 @@ class Command(BaseCommand):
         if account.security == "plain" and not account.is_loopback and not options["insecure"]:
             raise CommandError(
                 f"refusing a plaintext connection to {account.host}: the password would cross "
-                "the network in clear. Use imaps://, imap+starttls:// or pop3s://, or pass "
+                "the network in clear. Use imaps:// or imap+starttls://, or pass "
                 "--insecure."
             )
         folders = [f.strip() for f in options["folders"].split(",") if f.strip()] or ["INBOX"]
@@ -58,6 +66,9 @@ class Command(BaseCommand):
         if missing:
             raise CommandError(f"no such user(s): {', '.join(missing)}")
 
+        # The password is encrypted with the install's credentials key: the first command to
+        # need the key files writes them, so this process and the server share one key.
+        call_command("ensurekeys", stdout=self.stdout)
         with transaction.atomic():
             mailbox = Mailbox.objects.filter(name=name).first()
             created = mailbox is None
@@ -105,3 +116,10 @@ class Command(BaseCommand):
                 "no password: put it in the URL, set MAILBOX_PASSWORD, or run interactively"
             )
         return getpass.getpass("Mailbox password: ")
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url.strip()).scheme.lower()
+    except ValueError:
+        return ""  # parse_account_url explains a malformed URL
