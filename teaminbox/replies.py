@@ -1,7 +1,7 @@
-"""Replies from the app: drafts, sending through the mailbox's SMTP server, Sent, \\Answered.
+"""Replies from the app: drafts, checking them, and queueing them for delivery.
 
 Writes are keyword-only services under ``@transaction.atomic`` (like ``services.py``);
-``deliver`` is the worker side and talks to the network outside any transaction.
+``teaminbox.delivery`` is the worker side and talks to the network outside any transaction.
 
 Sent at most once. ``send_reply`` builds the exact bytes and fixes the Message-ID when the
 row is queued; ``deliver`` claims the row with one conditional UPDATE (queued -> sending),
@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import make_msgid
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -37,6 +38,7 @@ from mailsync.engine.compose import (
     references_for,
     reply_subject,
     unique_recipients,
+    usable_message_id,
 )
 from mailsync.engine.compose import (
     OutgoingAttachment as MailAttachment,
@@ -212,6 +214,14 @@ class CheckedRecipients:
 def check_draft(draft: OutgoingMessage) -> CheckedRecipients:
     """Everything a person must fix before sending, all at once (ReplyInvalid)."""
     errors: dict[str, str] = {}
+    limit = settings.MAX_RECIPIENTS
+    too_many = (
+        f"A message may go to at most {limit} recipients (To, Cc and Bcc together, each "
+        "address counted once); this one has {count}."
+    )
+    typed = sum(getattr(draft, name).count("@") for name in ("to", "cc", "bcc"))
+    if typed > 10 * limit:  # not worth parsing (about half a millisecond per address)
+        raise ReplyInvalid({"__all__": too_many.format(count=f"about {typed}")})
     lists: dict[str, tuple[Recipient, ...]] = {}
     for name in ("to", "cc", "bcc"):
         try:
@@ -224,12 +234,20 @@ def check_draft(draft: OutgoingMessage) -> CheckedRecipients:
         errors["subject"] = str(exc)
     if not errors and not any(lists.values()):
         errors["to"] = "Add at least one recipient."
+    if not errors:
+        count = len(unique_recipients([*lists["to"], *lists["cc"], *lists["bcc"]]))
+        if count > limit:
+            errors["__all__"] = too_many.format(count=count)
     try:
         check_address(draft.mailbox.email_address)
     except HeaderError:
         errors["__all__"] = (
             "This mailbox has no valid shared address to send from; an admin must set one."
         )
+    try:
+        check_header_text(team_name(draft.mailbox), "The mailbox's display name")
+    except HeaderError as exc:
+        errors["__all__"] = f"{exc} An admin must change it."
     if errors:
         raise ReplyInvalid(errors)
     return CheckedRecipients(to=lists["to"], cc=lists["cc"], bcc=lists["bcc"])
@@ -251,9 +269,11 @@ def send_reply(*, draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
     in_reply_to = ""
     references: tuple[str, ...] = ()
     if original is not None and original.message_id:
+        # ids from the customer's message: one that cannot be written back as it came
+        # (an encoded word, a line break) is left out of the thread, not refused
         chain = original.references or ([original.in_reply_to] if original.in_reply_to else [])
         references = references_for(original.message_id, [str(r) for r in chain])
-        if draft.kind != OutgoingMessage.Kind.FORWARD:
+        if draft.kind != OutgoingMessage.Kind.FORWARD and usable_message_id(original.message_id):
             in_reply_to = original.message_id
     attachments = tuple(
         MailAttachment(filename=a.filename, content_type=a.content_type, payload=a.blob.read())
@@ -401,7 +421,7 @@ def _copy_original_attachments(
                 outgoing=draft,
                 blob_id=a.blob_id,
                 source=a,
-                filename=a.filename,
+                filename=one_line(a.filename)[:255] or "attachment.bin",
                 content_type=a.content_type,
                 size=a.size,
                 position=n,
@@ -415,7 +435,7 @@ def _copy_original_attachments(
         OutgoingAttachment(
             outgoing=draft,
             blob_id=hashlib.sha256(a.payload).hexdigest(),
-            filename=a.filename,
+            filename=one_line(a.filename)[:255] or "attachment.bin",
             content_type=a.content_type,
             size=len(a.payload),
             position=n,

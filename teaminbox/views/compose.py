@@ -7,6 +7,7 @@ its author, so two colleagues never overwrite each other's autosaves.
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
@@ -36,6 +37,10 @@ class ComposeForm(forms.Form):
     bcc = forms.CharField(required=False, strip=False, widget=forms.TextInput)
     subject = forms.CharField(required=False, strip=False, widget=forms.TextInput)
     body_text = forms.CharField(required=False, strip=False, widget=forms.Textarea)
+    # The "Remove" button beside an attachment; ids are BigAutoField keys.
+    remove_attachment = forms.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput
+    )
 
     def values(self) -> dict[str, str]:
         return {name: str(self.cleaned_data.get(name) or "") for name in replies.EDITABLE_FIELDS}
@@ -120,8 +125,10 @@ def compose(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpRes
         "original": outgoing.in_reply_to,
         "form": form,
         "sender": f"{replies.team_name(box)} <{box.email_address}>",
+        "max_recipients": settings.MAX_RECIPIENTS,
     }
-    return render(request, "teaminbox/compose.html", context, status=400 if errors else 200)
+    invalid = bool(errors or form.errors)
+    return render(request, "teaminbox/compose.html", context, status=400 if invalid else 200)
 
 
 def _handle_post(
@@ -140,9 +147,9 @@ def _handle_post(
             data=upload.read(),
             actor=request.user,
         )
-    remove = request.POST.get("remove_attachment", "")
-    if remove.isdigit():
-        replies.remove_attachment(draft=draft, attachment_id=int(remove), actor=request.user)
+    remove = form.cleaned_data.get("remove_attachment")
+    if remove is not None:
+        replies.remove_attachment(draft=draft, attachment_id=remove, actor=request.user)
     if "send" not in request.POST:
         return redirect("compose", mailbox=box.name, outgoing_id=draft.pk)
     replies.send_reply(draft=draft, actor=request.user)
