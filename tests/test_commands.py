@@ -126,3 +126,26 @@ def test_it_refuses_a_pop3_url_with_a_sentence(manage):
     )
     assert "Traceback" not in added.stderr
     assert not Mailbox.objects.filter(name="support").exists()
+
+
+def test_it_adds_a_member_of_staff_with_a_mailbox_and_a_one_time_password(
+    manage, shared_mailbox, settings
+):
+    from django.conf import global_settings
+    from django.contrib.auth.models import User
+
+    settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS  # the command's hasher
+
+    added = manage("adduser", "dana", "--email", "dana@example.test", "--mailbox", "support")
+    again = manage("adduser", "dana", "--mailbox", "support", "--role", "viewer")
+    unknown = manage("adduser", "erin", "--mailbox", "sales")
+
+    assert added.returncode == 0, added.stderr
+    password = added.stdout.split("with password ")[1].split()[0]
+    assert User.objects.get(username="dana").check_password(password)
+    assert again.returncode == 0, again.stderr
+    assert "the password is unchanged" in again.stdout
+    assert Membership.objects.get(user__username="dana", mailbox=shared_mailbox).role == "viewer"
+    assert unknown.returncode != 0
+    assert "no mailbox named 'sales' (mailboxes: support)" in unknown.stderr
+    assert not Membership.objects.filter(user__username="erin").exists()
