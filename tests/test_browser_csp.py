@@ -144,9 +144,16 @@ def test_the_inbox_message_and_compose_pages_work_under_their_policy(
 
     # htmx swaps the flag actions in place, from a click and from a shortcut.
     page.evaluate("window.__sameDocument = true")
+    settled = "document.addEventListener('htmx:afterSettle', () => { window.__settled = true })"
+    page.evaluate(settled)
+    page.evaluate("window.__settled = false")
     page.get_by_role("button", name="Mark read", exact=True).click()
+    # Settled: htmx has processed the new buttons, so the shortcut's click is htmx's too.
+    page.wait_for_function("() => window.__settled === true")
     expect(page.get_by_role("button", name="Mark unread", exact=True)).to_be_visible()
+    page.evaluate("window.__settled = false")
     page.keyboard.press("u")
+    page.wait_for_function("() => window.__settled === true")
     expect(page.get_by_role("button", name="Mark read", exact=True)).to_be_visible()
     assert page.evaluate("window.__sameDocument") is True, "an action reloaded the page"
     watched.check()
