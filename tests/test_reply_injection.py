@@ -352,7 +352,7 @@ def test_message_ids_that_would_decode_to_headers_are_left_out_of_the_thread(
         assert " ".join(str(sent["References"]).split()) == references
 
 
-@pytest.mark.parametrize("filename", [FILE_INJECTION + ".pdf", LITERAL + " résumé.pdf"])
+@pytest.mark.parametrize("filename", [FILE_INJECTION + ".pdf", LITERAL + ".pdf"])
 def test_an_uploaded_file_name_arrives_as_the_page_shows_it(
     mailbox, mail_user, smtp, bob, filename
 ):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 
 import pytest
 
+from mailsync.engine import compose
 from mailsync.engine.compose import (
     HeaderError,
     OutgoingAttachment,
@@ -155,3 +158,119 @@ def test_attachments_go_out_base64_with_their_names():
     [part] = list(parsed.iter_attachments())
     assert part.get_filename() == "résumé.pdf"
     assert part.get_content() == b"%PDF"
+
+
+# -- encoded words (RFC 2047) in what people type or we prefill ---------------------------
+
+LITERAL = "=?utf-8?q?hello?="  # looks encoded; it is text and must arrive as typed
+INJECTION = "=?utf-8?q?Invoice=0D=0AReply-To:_attacker=40evil.invalid=0D=0AX-Injected:_yes?="
+
+
+def read_back(raw: bytes) -> email.message.EmailMessage:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    return parsed
+
+
+def rfc2047_view(raw: bytes, name: str) -> str:
+    """The raw header line decoded by ``email.header`` alone, as a lenient client would."""
+    head = raw.split(b"\r\n\r\n")[0].decode("ascii").replace("\r\n ", " ")
+    [line] = [h for h in head.split("\r\n") if h.lower().startswith(name.lower() + ":")]
+    return str(make_header(decode_header(line.split(":", 1)[1].strip())))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        LITERAL,
+        f"Re: {LITERAL} world",
+        f"{LITERAL}{LITERAL}",
+        f"Grüße {LITERAL} " + "long " * 30,
+        "Ünal " * 25 + "=?",
+    ],
+)
+def test_text_that_looks_encoded_arrives_as_typed_in_every_header(text):
+    text = text.strip()
+    raw = build_message(
+        mail(
+            subject=text,
+            sender=Recipient(text, "support@example.test"),
+            to=(Recipient(text, "carol@example.org"), Recipient("Dan", "dan@example.net")),
+            cc=(Recipient(text, "erin@example.net"),),
+            attachments=(OutgoingAttachment(text + ".pdf", "application/pdf", b"%PDF"),),
+        )
+    )
+
+    sent = read_back(raw)
+    assert str(sent["Subject"]) == rfc2047_view(raw, "Subject") == text
+    assert [(a.display_name, a.addr_spec) for a in sent["To"].addresses] == [
+        (text, "carol@example.org"),
+        ("Dan", "dan@example.net"),
+    ]
+    assert [a.display_name for a in sent["Cc"].addresses] == [text]
+    assert [a.display_name for a in sent["From"].addresses] == [text]
+    [part] = list(sent.iter_attachments())
+    assert part.get_filename() == text + ".pdf"
+    threading = ["Date", "Message-ID", "In-Reply-To", "References"]
+    assert sorted(sent.keys()) == sorted(
+        ["From", "To", "Cc", "Subject", *threading, "MIME-Version", "Content-Type"]
+    )
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"subject": f"Re: {INJECTION}"},
+        {"subject": "=?utf-16be?b?AA0ACg==?="},  # CR LF in another charset
+        {"subject": "Hi=?utf-8?q?=0A?=there"},  # inside a word: lenient clients decode it
+        {"to": (Recipient(INJECTION, "carol@example.org"),)},
+        {"cc": (Recipient(f"Dan {INJECTION}", "dan@example.net"),)},
+        {"sender": Recipient(INJECTION, "support@example.test")},
+        {"attachments": (OutgoingAttachment(INJECTION, "application/pdf", b"%PDF"),)},
+        {"in_reply_to": f"{INJECTION}@example.org"},
+        {"references": ("first@example.org", f"{INJECTION}@example.org")},
+    ],
+)
+def test_it_never_builds_a_header_whose_encoded_words_decode_to_a_line_break(overrides):
+    with pytest.raises(HeaderError):
+        build_message(mail(**overrides))
+
+
+def test_prefilled_text_is_decoded_and_flattened_only_when_it_would_decode_to_line_breaks():
+    assert reply_subject(INJECTION) == (
+        "Re: Invoice Reply-To: attacker@evil.invalid X-Injected: yes"
+    )
+    assert forward_subject(f"Fwd: {INJECTION}").startswith("Fwd: Invoice Reply-To:")
+    assert reply_subject(LITERAL) == f"Re: {LITERAL}"
+
+
+def test_names_typed_in_address_lists_are_read_as_typed_and_checked_once_decoded():
+    assert parse_address_list(f'{LITERAL} <a@example.org>, "{LITERAL}, Q." <b@example.org>') == (
+        Recipient(LITERAL, "a@example.org"),
+        Recipient(f"{LITERAL}, Q.", "b@example.org"),
+    )
+    for typed in [f"{INJECTION} <a@example.org>", f'"{INJECTION}" <a@example.org>']:
+        with pytest.raises(HeaderError, match="encoded words"):
+            parse_address_list(typed, "To")
+
+
+def test_references_leave_out_ids_that_cannot_be_written_back_as_they_came():
+    chain = ["first@example.org", f"{INJECTION}@example.org", "a b@example.org", "x>@y.org"]
+    assert references_for("parent@example.org", chain) == (
+        "first@example.org",
+        "parent@example.org",
+    )
+    assert references_for(f"{INJECTION}@example.org", ["first@example.org"]) == (
+        "first@example.org",
+    )
+
+
+def test_bytes_that_do_not_read_back_as_meant_are_never_returned(monkeypatch):
+    def smuggle(name, text):
+        return f"{text}\r\nBcc: victim@example.net"
+
+    monkeypatch.setattr(compose, "_text_lines", smuggle)
+
+    with pytest.raises(HeaderError, match="would not arrive as written"):
+        build_message(mail(subject="Hello"))
