@@ -28,13 +28,16 @@ from typing import Any
 
 from axes.backends import AxesStandaloneBackend
 from axes.handlers.proxy import AxesProxyHandler
+from axes.models import AccessAttempt
 from django import forms
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.cache import cache
+from django.db.models import Max
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 
 _SLOWDOWN_PREFIX = "login-slowdown"
 
@@ -136,12 +139,23 @@ def _minutes(cooloff: timedelta) -> str:
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
-def lockout_message() -> str:
+def lockout_message(remaining: timedelta | None = None) -> str:
     return (
         "Too many failed sign-ins from this address for this account. "
-        f"Try again in {_minutes(settings.AXES_COOLOFF_TIME)}, "
+        f"Try again in {_minutes(remaining or settings.AXES_COOLOFF_TIME)}, "
         "or ask an administrator to unlock it."
     )
+
+
+def _lock_remaining(request: HttpRequest, username: str) -> timedelta | None:
+    """How long the (account, address) lock still holds: from its latest wrong password."""
+    latest = AccessAttempt.objects.filter(
+        username=username, ip_address=getattr(request, "axes_ip_address", None)
+    ).aggregate(latest=Max("attempt_time"))["latest"]
+    if latest is None:
+        return None
+    remaining: timedelta = latest + settings.AXES_COOLOFF_TIME - timezone.now()
+    return remaining if remaining > timedelta(0) else None
 
 
 def slowdown_message(seconds: int) -> str:
@@ -170,7 +184,8 @@ class _ThrottledLogin(AuthenticationForm):
         username = self.cleaned_data.get("username")
         if username and self.request is not None:
             if not AxesProxyHandler.is_allowed(self.request, {"username": username}):
-                raise forms.ValidationError(lockout_message(), code="locked_out")
+                remaining = _lock_remaining(self.request, username)
+                raise forms.ValidationError(lockout_message(remaining), code="locked_out")
             wait = slowdown_seconds(username)
             if wait:
                 raise forms.ValidationError(slowdown_message(wait), code="slowed_down")

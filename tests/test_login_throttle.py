@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from axes.models import AccessAttempt
 from django.contrib.auth.models import User
@@ -9,6 +11,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from teaminbox import throttle
 from tests.support.personas import PASSWORD
@@ -177,3 +180,17 @@ def test_a_right_password_starts_the_count_for_its_address_again(alice):
 
     assert guess(OWNER, 4).status_code == 200
     assert guess(OWNER, 1).status_code == 429
+
+
+def test_the_lock_says_how_long_it_still_holds_and_then_lifts(alice):
+    guess(ATTACKER, 5)
+    attempts = AccessAttempt.objects.filter(username="alice", ip_address=ATTACKER)
+
+    attempts.update(attempt_time=timezone.now() - timedelta(minutes=10, seconds=30))
+    client, response = sign_in(ATTACKER, PASSWORD)
+    assert not signed_in(client)
+    assert "Try again in 5 minutes, or ask an administrator" in response.content.decode()
+
+    attempts.update(attempt_time=timezone.now() - timedelta(minutes=16))
+    client, _ = sign_in(ATTACKER, PASSWORD)
+    assert signed_in(client)
