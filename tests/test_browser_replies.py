@@ -3,7 +3,10 @@ the reply reaches a real SMTP server and the real Dovecot."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
+from email.charset import Charset
 
 import pytest
 from playwright.sync_api import expect
@@ -74,3 +77,48 @@ def test_bob_replies_in_the_browser_with_an_autosaved_draft(
         assert ANSWERED in mail_user.flags("INBOX")[uid]
         page.reload()
         expect(page.locator(".outgoing-list")).to_contain_text("sent")
+
+
+# A customer's subject encoded twice: decoded once it is an encoded word whose line breaks
+# would add a Reply-To and a header to our reply.
+TWICE_ENCODED_SUBJECT = Charset("utf-8").header_encode(
+    "=?utf-8?q?Invoice=0D=0AReply-To:_attacker=40evil.invalid=0D=0AX-Injected:_yes?="
+)
+
+WRITTEN = ["from", "to", "subject", "date", "message-id", "in-reply-to", "references"]
+WRITTEN += ["mime-version", "content-type", "content-transfer-encoding"]
+
+
+def test_bob_sends_a_reply_to_a_hostile_subject_and_it_arrives_as_the_page_showed_it(
+    shared_mailbox, mail_user, bob, live_server, logged_in_page
+):
+    with smtp_server() as smtp:
+        shared_mailbox.smtp_host, shared_mailbox.smtp_port = smtp.host, smtp.port
+        shared_mailbox.smtp_security, shared_mailbox.smtp_username = "plain", SMTP_USER
+        shared_mailbox.set_smtp_password(SMTP_PASSWORD)
+        shared_mailbox.save()
+        raw = ORIGINAL.replace(b"SHARED", shared_mailbox.email_address.encode()).replace(
+            b"Where is my parcel?", TWICE_ENCODED_SUBJECT.encode()
+        )
+        uid = mail_user.append(raw)
+        sync_mailbox(shared_mailbox)
+        original = Message.objects.get(uid=uid)
+        page = logged_in_page(live_server, bob)
+
+        page.goto(f"{live_server.url}/m/{shared_mailbox.name}/messages/{original.pk}/")
+        page.get_by_role("link", name="Reply", exact=True).click()
+        subject = page.locator("#id_subject").input_value()
+        to = page.locator("#id_to").input_value()
+        assert subject.startswith("Re: Invoice Reply-To: attacker@evil.invalid")
+        page.get_by_role("button", name="Send").click()
+
+        expect(page.locator(".flash")).to_contain_text("Reply queued")
+        delivery.deliver(OutgoingMessage.objects.get().pk)
+        [arrived] = smtp.received
+        [sent_uid] = mail_user.uids("Sent")
+        for copy in (arrived.raw, mail_user.raw(sent_uid, "Sent")):
+            sent = email.message_from_bytes(copy, policy=email.policy.default)
+            assert sorted(name.lower() for name in sent) == sorted(WRITTEN)
+            assert str(sent["Subject"]) == subject
+            assert str(sent["To"]) == to == "Carol Customer <carol@example.org>"
+        assert arrived.rcpt_tos == ("carol@example.org",)
