@@ -53,6 +53,7 @@ class MailboxForm(forms.ModelForm[Mailbox]):
             "smtp_password",
             "server_saves_sent",
         ]
+        help_texts = {"protocol": "IMAP. (POP3 sync is not available yet.)"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -12,6 +12,7 @@ from mailsync.models import Mailbox
 from mailsync.runner import sync_mailbox
 from teaminbox.models import Membership
 from tests.support.personas import PASSWORD
+from tests.test_worker import empty_broker, worker  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.django_db
 
@@ -165,6 +166,37 @@ def test_correcting_a_wrong_password_in_the_admin_syncs_again_with_a_readable_er
         )
     mailbox.refresh_from_db()
     assert (mailbox.sync_status, mailbox.last_error) == (Mailbox.SyncStatus.OK, "")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("worker")
+def test_a_real_worker_syncs_a_mailbox_as_soon_as_the_admin_saves_it(admin_client, mail_user):
+    from tests.test_sync import make_mail
+    from tests.test_worker import wait_for
+
+    mail_user.append(make_mail("Synced in seconds"))
+    admin_client.post(reverse("admin:mailsync_mailbox_add"), mailbox_form(mail_user, password="x"))
+    mailbox = Mailbox.objects.get(name="sales")
+    wait_for(
+        lambda: Mailbox.objects.get(pk=mailbox.pk).sync_status == "error",
+        timeout=30,
+        what="the worker to record the refused login",
+    )
+    assert "(AUTHENTICATIONFAILED: Authentication failed.)" in (
+        Mailbox.objects.get(pk=mailbox.pk).last_error
+    )
+
+    admin_client.post(
+        reverse("admin:mailsync_mailbox_change", args=[mailbox.pk]), mailbox_form(mail_user)
+    )
+
+    wait_for(
+        lambda: Mailbox.objects.get(pk=mailbox.pk).sync_status == "ok",
+        timeout=30,
+        what="the worker to sync the corrected mailbox",
+    )
+    assert mailbox.folders.get(name="INBOX").messages.get().subject == "Synced in seconds"
 
 
 def test_the_list_shortens_a_long_error_at_a_word_and_the_change_page_shows_it_all(
