@@ -50,8 +50,8 @@ _PLAIN = re.compile(r"[!-~]{1,70}( [!-~]{1,70})*")
 # A msg-id as we copy it from a received message into In-Reply-To/References: printable ASCII
 # without angle brackets or spaces (RFC 5322 §3.6.4, leniently), and no encoded word.
 _MSG_ID = re.compile(r"[!-;=?-~]{1,250}")
-_MIME_TYPE = re.compile(
-    r"([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63})/([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63})"
+_MIME_TYPE = re.compile(  # RFC 6838 §4.2: up to 127 characters each side
+    r"([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})/([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})"
 )
 # A Unicode noncharacter (reserved for a program's internal use) stands in for "=?" while the
 # stdlib reads an address list, so it never decodes an encoded word in a typed name.
@@ -323,10 +323,9 @@ def build_message(mail: OutgoingMail) -> bytes:
 
 
 def _checked(recipient: Recipient) -> Recipient:
-    return Recipient(
-        name=check_header_text(recipient.name, "A name"),
-        address=check_address(recipient.address),
-    )
+    # The stdlib reads a run of spaces in a display name as one, quoted or encoded alike.
+    name = re.sub(" +", " ", check_header_text(recipient.name, "A name"))
+    return Recipient(name=name, address=check_address(recipient.address))
 
 
 def _checked_attachment(attachment: OutgoingAttachment) -> OutgoingAttachment:
