@@ -4,8 +4,8 @@ Writes are keyword-only services under ``@transaction.atomic`` (like ``services.
 ``teaminbox.delivery`` is the worker side and talks to the network outside any transaction.
 
 Sent at most once. ``send_reply`` builds the exact bytes and fixes the Message-ID when the
-row is queued; ``deliver`` claims the row with one conditional UPDATE (queued -> sending),
-so a task that Celery delivers twice, or two workers, send it once. The one unavoidable
+row is queued; ``delivery.deliver`` claims the row with one conditional UPDATE (queued ->
+sending), so a task that Celery delivers twice, or two workers, send it once. The one unavoidable
 gap: a crash after the SMTP server accepted the message and before the row is marked
 "sent" leaves it in "sending". Such rows are never re-sent automatically:
 ``fail_stale_sending`` marks them failed for a person to check, who may then retry.
