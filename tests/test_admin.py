@@ -299,9 +299,23 @@ def test_rows_the_sync_and_the_team_write_cannot_be_deleted_in_the_admin(
 
 
 def test_an_admin_grants_access_through_memberships(admin_client, shared_mailbox, charlie):
+    from mailsync.models import Activity
+
     response = admin_client.post(
         reverse("admin:teaminbox_membership_add"),
         {"user": charlie.pk, "mailbox": shared_mailbox.pk, "role": "viewer"},
     )
     assert response.status_code == 302
-    assert Membership.objects.get(user=charlie).role == "viewer"
+    membership = Membership.objects.get(user=charlie)
+    assert membership.role == "viewer"
+
+    admin_client.post(
+        reverse("admin:teaminbox_membership_change", args=[membership.pk]), {"role": "agent"}
+    )
+
+    assert Membership.objects.get(user=charlie).role == "agent"
+    history = Activity.objects.filter(mailbox=shared_mailbox, actor__username="root")
+    assert list(history.order_by("id").values_list("verb", "detail")) == [
+        ("member_added", {"user": "charlie", "role": "viewer"}),
+        ("member_role_changed", {"user": "charlie", "role": "agent"}),
+    ]
