@@ -23,7 +23,7 @@ def _source() -> str:
 def _fernet() -> Fernet:
     if not settings.CREDENTIALS_KEY:
         raise ImproperlyConfigured(
-            f"no credentials key: looked in {_source()}. Set CREDENTIALS_KEY, or run "
+            f"no credentials key: {_source()}. Set CREDENTIALS_KEY, or run "
             "`manage.py ensurekeys` to write one into the var directory"
         )
     try:

@@ -30,7 +30,7 @@ CREDENTIALS_KEY_FILENAME = "credentials_key"
 @dataclass(frozen=True)
 class Key:
     value: str  # "" when there is none
-    source: str  # where it came from (or was looked for), for error messages
+    source: str  # where it came from (or why there is none), for error messages
 
 
 def read_secret_key(var_dir: Path) -> Key:
@@ -44,7 +44,7 @@ def read_credentials_key(var_dir: Path, secret_key: Key) -> Key:
     # Installs from before the credentials_key file derived the key from SECRET_KEY; they
     # keep decrypting the passwords they stored (ensurekeys writes the derived key down).
     return Key(
-        derive_credentials_key(secret_key.value), f"SECRET_KEY ({secret_key.source}), derived"
+        derive_credentials_key(secret_key.value), f"SECRET_KEY ({secret_key.source}) by derivation"
     )
 
 
@@ -89,7 +89,7 @@ def _read(name: str, path: Path) -> Key:
     try:
         value = path.read_text().strip()
     except FileNotFoundError:
-        return Key("", f"nowhere (neither {name} nor the file {path} exists)")
+        return Key("", f"neither {name} nor the file {path} exists")
     except OSError as exc:
         raise ImproperlyConfigured(f"{path} cannot be read: {exc}") from exc
     if not value:

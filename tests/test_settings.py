@@ -20,6 +20,7 @@ from mailsync.crypto import CredentialError, decrypt_secret, encrypt_secret
 from teaminbox import keys
 from teaminbox.env import database_from_url, envbool, envint, envlist, envstr
 from tests.support.paths import PROJECT_ROOT
+from tests.support.personas import child_database_url
 
 KEY_VARIABLES = {"SECRET_KEY", "SECRET_KEY_FILE", "CREDENTIALS_KEY", "CREDENTIALS_KEY_FILE"}
 
@@ -135,7 +136,7 @@ def test_settings_create_no_key_and_use_none_when_the_var_directory_has_none(tmp
     )
 
     assert "The SECRET_KEY setting must not be empty" in result.stderr
-    assert f"'' nowhere (neither CREDENTIALS_KEY nor the file {tmp_path}/credentials_key" in (
+    assert f"'' neither CREDENTIALS_KEY nor the file {tmp_path}/credentials_key exists" in (
         result.stdout
     )
     assert not (tmp_path / "secret_key").exists()
@@ -185,6 +186,30 @@ def test_an_install_from_before_credentials_key_files_still_decrypts_its_passwor
 
     assert before.stdout.strip() == after.stdout.strip() == "hunter2", before.stderr + after.stderr
     assert (tmp_path / "credentials_key").exists()  # written down: SECRET_KEY may now change
+
+
+@pytest.mark.django_db(transaction=True)
+def test_addmailbox_as_the_first_command_writes_the_keys_that_later_processes_decrypt_with(
+    manage, tmp_path
+):
+    added = manage(
+        "addmailbox",
+        "support",
+        "--url",
+        "imap://someone:s3cret@127.0.0.1:1143",
+        env={"TEAMINBOX_VAR_DIR": str(tmp_path)},
+    )
+    later = run_python(
+        tmp_path,
+        "from mailsync.models import Mailbox\n"
+        "print(Mailbox.objects.get(name='support').get_password())",
+        TEAMINBOX_VAR_DIR=str(tmp_path),
+        DATABASE_URL=child_database_url(),
+    )
+
+    assert added.returncode == 0, added.stderr
+    assert f"Wrote {tmp_path / 'credentials_key'}" in added.stdout
+    assert later.stdout.strip() == "s3cret", later.stderr
 
 
 @pytest.fixture
