@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.cookiejar
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,6 +124,8 @@ def running_app() -> Iterator[RunningApp]:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        if not os.environ.get("TEAMINBOX_KEEP_TEST_DIRS"):
+            shutil.rmtree(var_dir, ignore_errors=True)
 
 
 def test_scripts_run_serves_the_inbox_and_prints_the_admin_password(running_app):
