@@ -41,10 +41,15 @@ EXTRACTED_FIELDS = [
 EXTRACT_ON_VIEW_BYTES = 10 * 1024 * 1024
 
 
-def pending_messages(mailbox: Mailbox | None = None) -> QuerySet[Message]:
+def pending_messages(
+    mailbox: Mailbox | None = None, *, folder_id: int | None = None
+) -> QuerySet[Message]:
+    """Rows whose text is not extracted yet (of a mailbox, or of one folder)."""
     rows = Message.objects.filter(extracted_at__isnull=True)
     if mailbox is not None:
         rows = rows.filter(folder__mailbox=mailbox)
+    if folder_id is not None:
+        rows = rows.filter(folder_id=folder_id)
     return rows
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from mailsync.crypto import CredentialError
@@ -21,7 +22,7 @@ from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
 from mailsync.engine.imap import ImapSession
 from mailsync.engine.sync import SyncLimits, SyncProgress, SyncReport, sync_folder
 from mailsync.extract import extract_messages, pending_messages
-from mailsync.leases import FolderBusy, folder_lease, renew_folder_lease
+from mailsync.leases import FolderBusy, folder_lease, write_on_a_working_connection
 from mailsync.models import Activity, Folder, Mailbox
 from mailsync.outbox import push_flag_changes
 from mailsync.sessions import lent_session
@@ -105,11 +106,18 @@ def sync_mailbox(
     except MailError as exc:
         _record_failure(mailbox, exc)
         raise
+    except BaseException as exc:
+        _record_interrupted(mailbox, exc)
+        raise
     if extract:
         extract_messages(list(pending_messages(mailbox).values_list("pk", flat=True)))
     if result.missing_folders:
         missing = ", ".join(result.missing_folders)
         _record_failure(mailbox, FolderMissing(f"not on the server: {missing}"))
+    elif result.busy_folders:
+        # Another worker is syncing those folders: the mailbox is not in step yet, and
+        # stays "syncing" (with that worker's progress) until a sync of every folder ends.
+        Mailbox.objects.filter(pk=mailbox.pk).update(sync_status=Mailbox.SyncStatus.SYNCING)
     else:
         Mailbox.objects.filter(pk=mailbox.pk).update(
             sync_status=Mailbox.SyncStatus.OK, last_error="", last_synced_at=timezone.now()
@@ -153,10 +161,10 @@ def sync_one_folder(
     on_progress: ProgressCallback | None = None,
     wait_for_lease: float = 0,
 ) -> SyncReport:
-    with folder_lease(folder.pk, wait=wait_for_lease) as token:
+    with folder_lease(folder.pk, wait=wait_for_lease) as lease:
 
         def progress(step: SyncProgress) -> None:
-            renew_folder_lease(folder.pk, token, fetched=step.fetched, total=step.total)
+            lease.record_progress(step.fetched, step.total)
             if on_progress is not None:
                 on_progress(step)
 
@@ -170,8 +178,7 @@ def sync_one_folder(
         except MailError as exc:
             Folder.objects.filter(pk=folder.pk).update(last_error=str(exc)[:2000])
             raise
-        finally:
-            Folder.objects.filter(pk=folder.pk).update(sync_fetched=0, sync_total=0)
+        # (releasing the lease clears the fetch progress)
         if report.uidvalidity_reset:
             # changes that waited for the renumbering now name their message's new UID
             push_flag_changes(imap, folder)
@@ -194,6 +201,29 @@ def record_not_synced(mailbox: Mailbox) -> None:
     """A mailbox nothing can sync (POP3, for now): its status says so instead of the
     mailbox staying "not synced yet" in silence."""
     _record_failure(mailbox, ConfigurationError(POP3_MAILBOX_NOT_SYNCED))
+
+
+def _record_interrupted(mailbox: Mailbox, exc: BaseException) -> None:
+    """A sync that stopped half-way for another reason than the mail server (the database
+    connection lost, Ctrl-C, a bug) says so rather than leaving "syncing" behind: on a new
+    connection if the old one broke. If the database is down, nothing can be written; the
+    next sync (beat's, within a minute) records what it finds."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        reason = f"the sync stopped: the database connection was lost ({one_line(exc)})"
+    elif isinstance(exc, KeyboardInterrupt):
+        reason = "the sync was interrupted before it finished"
+    else:
+        reason = f"the sync stopped: {type(exc).__name__}: {one_line(exc)}"
+    write_on_a_working_connection(
+        lambda: Mailbox.objects.filter(
+            pk=mailbox.pk, sync_status=Mailbox.SyncStatus.SYNCING
+        ).update(sync_status=Mailbox.SyncStatus.ERROR, last_error=reason[:2000])
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (psycopg's span several, with hints)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _record_failure(mailbox: Mailbox, exc: MailError) -> None:

@@ -4,12 +4,13 @@ leases and conditional claims in the database make the work happen once."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
 from mailsync import extract, outbox, runner
@@ -20,6 +21,21 @@ from mailsync.models import Folder, Mailbox
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF = [5, 15, 60, 300]
+
+
+# What a lost database connection raises (PostgreSQL restarted, the backend terminated, a
+# failover): transient, as a server outage is.
+DATABASE_LOST = (OperationalError, InterfaceError)
+
+
+def _retry_on_a_new_connection(task: Task[Any, Any], exc: Exception) -> Exception:
+    """The task again, later; the broken connection is closed first (Django would
+    otherwise hand the retry, in this process, the same dead socket)."""
+    close_old_connections()
+    log.warning("%s: the database connection was lost; retrying", task.name)
+    attempt = task.request.retries
+    countdown = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
+    return task.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF))
 
 
 def _retry_later(task: Task[Any, Any], exc: MailError) -> None:
@@ -39,25 +55,29 @@ def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
     if mailbox.protocol != Mailbox.Protocol.IMAP:
         runner.record_not_synced(mailbox)
         return
-    started = timezone.now()
     try:
-        runner.sync_mailbox(mailbox, extract=False)
+        result = runner.sync_mailbox(mailbox, extract=False)
+    except DATABASE_LOST as exc:
+        raise _retry_on_a_new_connection(self, exc) from exc
     except MailError as exc:
+        enqueue_extraction(mailbox)  # what it stored before the error
         _retry_later(self, exc)
-    finally:
-        enqueue_extraction(mailbox, created_since=started)
+        return
+    # Not the folders another worker is filling: that worker queues their rows.
+    enqueue_extraction(mailbox, skip_folders=result.busy_folders)
 
 
 @shared_task(bind=True, name="mailsync.sync_folder", acks_late=True)
 def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
-    started = timezone.now()
     try:
         runner.sync_folder_by_id(folder_id)
-        enqueue_extraction(Folder.objects.get(pk=folder_id).mailbox, created_since=started)
+        enqueue_extraction(Folder.objects.get(pk=folder_id).mailbox, folder_id=folder_id)
     except FolderBusy:
         log.info("folder %s is already being synced", folder_id)
     except Folder.DoesNotExist:
         return
+    except DATABASE_LOST as exc:
+        raise _retry_on_a_new_connection(self, exc) from exc
     except MailError as exc:
         _retry_later(self, exc)
 
@@ -80,13 +100,20 @@ def extract_messages(message_ids: list[int]) -> None:
 def enqueue_extraction(
     mailbox: Mailbox | None,
     *,
-    created_since: datetime | None = None,
+    folder_id: int | None = None,
+    skip_folders: Sequence[str] = (),
     created_before: datetime | None = None,
 ) -> None:
-    """A task per batch, so every worker process parses in parallel; newest first."""
-    pending = extract.pending_messages(mailbox)
-    if created_since is not None:
-        pending = pending.filter(created_at__gte=created_since)
+    """A task per batch, so every worker process parses in parallel; newest first.
+
+    A sync queues every row of its folders still waiting for its text, not only the rows it
+    stored: a sync that was killed never queued its rows, and the next sync of the folder
+    (a lease's length later at most) is when they should get it, not the sweeper's ten
+    minutes. A row queued twice is parsed once as a rule: the later task finds it done
+    (extract_messages takes only pending rows, and claims them before writing)."""
+    pending = extract.pending_messages(mailbox, folder_id=folder_id)
+    if skip_folders:
+        pending = pending.exclude(folder__name__in=list(skip_folders))
     if created_before is not None:
         pending = pending.filter(created_at__lt=created_before)
     ids = list(extract.newest_first(pending).values_list("pk", flat=True))

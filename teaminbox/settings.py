@@ -145,7 +145,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
-OUTBOX_SWEEP_SECONDS = envint("OUTBOX_SWEEP_SECONDS", 30, minimum=1)
+# A staff change claimed by a pusher is its own for OUTBOX_CLAIM_SECONDS after the pusher's
+# last command; the sweeper runs every OUTBOX_SWEEP_SECONDS. Together they bound how long
+# the changes of a pusher that died wait: about 30 s.
+OUTBOX_CLAIM_SECONDS = envint("OUTBOX_CLAIM_SECONDS", 20, minimum=5)
+OUTBOX_SWEEP_SECONDS = envint("OUTBOX_SWEEP_SECONDS", 10, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "sync-all-mailboxes": {
         "task": "mailsync.sync_all_mailboxes",
@@ -170,8 +174,9 @@ CELERY_BEAT_SCHEDULE = {
 # doubling up to SYNC_BATCH_MESSAGES.
 SYNC_BATCH_MESSAGES = envint("SYNC_BATCH_MESSAGES", 500, minimum=1)
 SYNC_BATCH_BYTES = envint("SYNC_BATCH_BYTES", 20 * 1024 * 1024, minimum=1024)
-# Renewed after every batch; a crashed worker's lease frees the folder after this long.
-SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 300, minimum=10)
+# A folder's sync lease, renewed by a heartbeat every sixth of it (mailsync/leases.py): a
+# crashed worker's folder is free again after this long.
+SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 30, minimum=10)
 IMAP_TIMEOUT_SECONDS = envint("IMAP_TIMEOUT_SECONDS", 60, minimum=1)
 # Capabilities to disregard, for a server whose CONDSTORE/QRESYNC is known to be broken.
 IMAP_IGNORE_CAPABILITIES = envlist("IMAP_IGNORE_CAPABILITIES", [])

@@ -6,14 +6,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from mailsync.models import Mailbox, Message
+from mailsync.models import Folder, Mailbox, Message
 
 
 class Command(BaseCommand):
     help = (
         "Print one JSON object per line for every message the server has in the chosen "
         "folders, as the app knows it: folder, uidvalidity, uid, flags, sha256, message_id, "
-        "subject, size."
+        "subject, size. A folder whose first sync has not finished yet is printed as far "
+        "as it is stored, with a warning on stderr."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -27,11 +28,17 @@ class Command(BaseCommand):
         for folder in mailbox.folders.filter(name__in=mailbox.chosen_folder_names()).order_by(
             "name"
         ):
-            if folder.uidvalidity is None:
+            uidvalidity = _stored_uidvalidity(folder)
+            if uidvalidity is None:
                 continue
+            if not _first_sync_finished(folder):
+                self.stderr.write(
+                    f"exportmailbox: {mailbox.name}/{folder.name}: the first sync has not "
+                    "finished; the messages stored so far are printed"
+                )
             messages = (
                 Message.objects.filter(
-                    folder=folder, uidvalidity=folder.uidvalidity, expunged_at__isnull=True
+                    folder=folder, uidvalidity=uidvalidity, expunged_at__isnull=True
                 )
                 .order_by("uid")
                 .only(
@@ -61,3 +68,23 @@ class Command(BaseCommand):
                     "size": message.size,
                 }
                 self.stdout.write(json.dumps(record, ensure_ascii=False))
+
+
+def _first_sync_finished(folder: Folder) -> bool:
+    """The cursor says so: it gets its UIDVALIDITY, and a UIDNEXT past every stored UID,
+    only when a full pass over the folder has ended (a renumbered folder starts again)."""
+    if folder.uidvalidity is None:
+        return False
+    return folder.uidnext_done > 1 or not folder.messages.filter(expunged_at__isnull=True).exists()
+
+
+def _stored_uidvalidity(folder: Folder) -> int | None:
+    """The cursor's, or during a first sync the one its stored rows carry."""
+    if folder.uidvalidity is not None:
+        return folder.uidvalidity
+    return (
+        Message.objects.filter(folder=folder, expunged_at__isnull=True)
+        .order_by("-uidvalidity")
+        .values_list("uidvalidity", flat=True)
+        .first()
+    )

@@ -7,12 +7,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import InterfaceError, OperationalError
 
 from mailsync.engine.errors import MailError
 from mailsync.engine.sync import SyncProgress
 from mailsync.extract import extract_pending_in_parallel
 from mailsync.models import Mailbox
-from mailsync.runner import sync_mailbox
+from mailsync.runner import one_line, sync_mailbox
 
 
 class Command(BaseCommand):
@@ -26,6 +27,15 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=int, default=settings.SYNC_INTERVAL_SECONDS)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._run(options)
+        except (OperationalError, InterfaceError) as exc:
+            # The database went away (restarted, the connection terminated): one line,
+            # not Django's traceback. The sync recorded what it could; rerun to go on.
+            self._fail(f"lost the connection to the database: {one_line(exc)}")
+            raise SystemExit(1) from None
+
+    def _run(self, options: dict[str, Any]) -> None:
         mailbox = Mailbox.objects.filter(name=options["name"]).first()
         if mailbox is None:
             self._fail(f"no mailbox named {options['name']!r} (see: manage.py addmailbox)")
@@ -53,7 +63,8 @@ class Command(BaseCommand):
                 mailbox,
                 on_progress=progress,
                 extract=False,
-                wait_for_lease=settings.SYNC_LEASE_SECONDS,
+                # A crashed holder's lease runs out within this (its heartbeat stopped).
+                wait_for_lease=settings.SYNC_LEASE_SECONDS + 1,
             )
         except MailError as exc:
             progress.finish()
