@@ -1,8 +1,13 @@
 """Push staff flag changes (the FlagChange outbox) to the server.
 
 Rows are claimed with one conditional UPDATE (pending -> sending, stamped with a token), so
-two workers never send the same change. A row that is still "sending" after a crash is put
-back to pending by the sweeper; sending a +FLAGS/-FLAGS delta twice is harmless.
+two workers never send the same change. A claim lasts ``OUTBOX_CLAIM_SECONDS`` from its last
+renewal (the pusher renews it after every command), so the changes of a pusher that died are
+taken over within about half a minute: by the next push or sync of the folder, or by the
+sweeper. The dead pusher's STORE may or may not have reached the server, so a change claimed
+before is first checked against the server's current flags and MODSEQ: what the server
+already has is marked done without a STORE, the rest is sent on the modseq the server
+reported just now, not on the one the person saw (which the app's own first STORE moved).
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from mailsync.engine.errors import FolderMissing, MailError, ProtocolError
@@ -23,7 +29,6 @@ from mailsync.models import Activity, FlagChange, Folder, Message
 
 log = logging.getLogger(__name__)
 
-STALE_CLAIM = timedelta(minutes=2)
 MODIFIED_RETRIES = 3
 MAX_ATTEMPTS = 3  # pushes of a change the server keeps refusing before it is marked failed
 
@@ -37,15 +42,37 @@ class PushReport:
     failed: int = 0
 
 
+def claim_timeout() -> timedelta:
+    return timedelta(seconds=settings.OUTBOX_CLAIM_SECONDS)
+
+
+def _claimable() -> Q:
+    """Waiting in the outbox, or claimed by a pusher that stopped renewing its claim."""
+    expired = timezone.now() - claim_timeout()
+    return Q(state=FlagChange.State.PENDING) | Q(
+        Q(claimed_at__lt=expired) | Q(claimed_at__isnull=True), state=FlagChange.State.SENDING
+    )
+
+
 def claim_flag_changes(folder: Folder) -> list[FlagChange]:
     token = secrets.token_hex(16)
-    FlagChange.objects.filter(folder=folder, state=FlagChange.State.PENDING).update(
+    FlagChange.objects.filter(_claimable(), folder=folder).update(
         state=FlagChange.State.SENDING,
         claimed_by=token,
         claimed_at=timezone.now(),
         attempts=F("attempts") + 1,
     )
     return list(FlagChange.objects.filter(claimed_by=token, state=FlagChange.State.SENDING))
+
+
+def renew_claim(changes: list[FlagChange]) -> None:
+    """Still alive: push the claim's expiry out again (after every command, so only a
+    pusher stuck in one command longer than the claim lasts can be overtaken; the
+    overtaking pusher checks the server before it sends anything)."""
+    tokens = {c.claimed_by for c in changes if c.claimed_by}
+    FlagChange.objects.filter(claimed_by__in=tokens, state=FlagChange.State.SENDING).update(
+        claimed_at=timezone.now()
+    )
 
 
 def push_flag_changes(imap: ImapSession, folder: Folder) -> PushReport:
@@ -112,6 +139,7 @@ def _push(imap: ImapSession, folder: Folder, changes: list[FlagChange]) -> PushR
             _push_move(imap, folder, change)
         else:
             _push_expunge(imap, folder, change)
+        renew_claim(changes)
     return PushReport(
         sent=report.sent + len(relocations),
         superseded=report.superseded,
@@ -132,20 +160,23 @@ def _push_flags(
     local_only = [
         c for c in latest.values() if c.flag not in SYSTEM_FLAGS and not selected.allows_keywords
     ]
+    to_send = [c for c in latest.values() if c not in local_only]
+    on_server, fresh_modseq = _check_changes_claimed_before(imap, to_send)
     groups: dict[tuple[str, bool, int | None], list[FlagChange]] = {}
-    for change in latest.values():
-        if change in local_only:
+    for change in to_send:
+        if change.pk in on_server:
             continue
-        base = change.base_modseq if imap.has_condstore else None
+        base = fresh_modseq.get(change.pk, change.base_modseq) if imap.has_condstore else None
         groups.setdefault((change.flag, change.add, base), []).append(change)
     conflicts: list[FlagChange] = []
     for (flag, add, base), group in groups.items():
         by_uid = {c.uid: c for c in group}
         modified = imap.store_flags(list(by_uid), [flag], add=add, unchangedsince=base)
+        renew_claim(changes)
         conflicts += _settle_modified(imap, flag, add, [by_uid[u] for u in modified if u in by_uid])
 
     now = timezone.now()
-    sent = [c.pk for c in latest.values() if c not in local_only and c not in conflicts]
+    sent = [c.pk for c in to_send if c not in conflicts]
     FlagChange.objects.filter(pk__in=sent).update(
         state=FlagChange.State.DONE, done_at=now, last_error=""
     )
@@ -159,6 +190,32 @@ def _push_flags(
             last_error="the server does not store keywords in this folder; kept in the app only",
         )
     return PushReport(sent=len(sent), superseded=len(superseded), conflicts=len(conflicts))
+
+
+def _check_changes_claimed_before(
+    imap: ImapSession, changes: list[FlagChange]
+) -> tuple[set[int], dict[int, int | None]]:
+    """A change claimed before was perhaps sent already: its pusher died, or lost the
+    connection, after the STORE reached the server. Ask the server (one FETCH of FLAGS
+    and MODSEQ) instead of sending it again on the modseq the person saw, which that
+    STORE moved (the server would refuse it as [MODIFIED] and cost a second round).
+
+    Returns the pks of changes the server already has (or whose message is gone: the
+    sync marks it expunged), and the server's current modseq for the others.
+    """
+    retried = [c for c in changes if c.attempts > 1]
+    if not retried:
+        return set(), {}
+    states = imap.fetch_flags(sorted({c.uid for c in retried}))
+    on_server: set[int] = set()
+    fresh_modseq: dict[int, int | None] = {}
+    for change in retried:
+        state = states.get(change.uid)
+        if state is None or (change.flag in state.flags) == change.add:
+            on_server.add(change.pk)
+        else:
+            fresh_modseq[change.pk] = state.modseq
+    return on_server, fresh_modseq
 
 
 def _settle_modified(
@@ -258,15 +315,15 @@ def _push_expunge(imap: ImapSession, folder: Folder, change: FlagChange) -> None
 
 
 def release_stale_claims() -> int:
-    """Put changes claimed by a worker that died back into the outbox."""
-    return FlagChange.objects.filter(
-        state=FlagChange.State.SENDING, claimed_at__lt=timezone.now() - STALE_CLAIM
-    ).update(state=FlagChange.State.PENDING)
+    """Put changes claimed by a pusher that stopped renewing its claim back into the
+    outbox (a claim expires by itself too; this makes the outbox list say so)."""
+    return FlagChange.objects.filter(_claimable(), state=FlagChange.State.SENDING).update(
+        state=FlagChange.State.PENDING,
+        last_error="the worker sending it stopped; it is checked on the server and resent",
+    )
 
 
 def folders_with_pending_changes() -> list[int]:
     return list(
-        FlagChange.objects.filter(state=FlagChange.State.PENDING)
-        .values_list("folder_id", flat=True)
-        .distinct()
+        FlagChange.objects.filter(_claimable()).values_list("folder_id", flat=True).distinct()
     )
