@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
+from django.db.models import F
 from django.utils import timezone
 
 from mailsync.crypto import CredentialError
@@ -23,7 +24,7 @@ from mailsync.engine.imap import ImapSession
 from mailsync.engine.sync import SyncLimits, SyncProgress, SyncReport, sync_folder
 from mailsync.extract import extract_messages, pending_messages
 from mailsync.leases import FolderBusy, folder_lease, write_on_a_working_connection
-from mailsync.models import Activity, Folder, Mailbox
+from mailsync.models import Activity, DeadLetter, Folder, Mailbox
 from mailsync.outbox import push_flag_changes
 from mailsync.sessions import lent_session
 from mailsync.store import DjangoFolderStore
@@ -45,6 +46,8 @@ class MailboxSyncResult:
     reports: list[SyncReport] = field(default_factory=list)
     busy_folders: list[str] = field(default_factory=list)
     missing_folders: list[str] = field(default_factory=list)
+    # "N messages could not be fetched yet: <reason>; ..." while dead letters remain
+    not_fetched: str = ""
 
 
 def open_session(mailbox: Mailbox) -> ImapSession:
@@ -119,9 +122,7 @@ def sync_mailbox(
         # stays "syncing" (with that worker's progress) until a sync of every folder ends.
         Mailbox.objects.filter(pk=mailbox.pk).update(sync_status=Mailbox.SyncStatus.SYNCING)
     else:
-        Mailbox.objects.filter(pk=mailbox.pk).update(
-            sync_status=Mailbox.SyncStatus.OK, last_error="", last_synced_at=timezone.now()
-        )
+        _record_in_step(mailbox, result)
     return result
 
 
@@ -208,7 +209,7 @@ def _record_interrupted(mailbox: Mailbox, exc: BaseException) -> None:
     connection lost, Ctrl-C, a bug) says so rather than leaving "syncing" behind: on a new
     connection if the old one broke. If the database is down, nothing can be written; the
     next sync (beat's, within a minute) records what it finds."""
-    if isinstance(exc, OperationalError | InterfaceError):
+    if lost_database_connection(exc):
         reason = f"the sync stopped: the database connection was lost ({one_line(exc)})"
     elif isinstance(exc, KeyboardInterrupt):
         reason = "the sync was interrupted before it finished"
@@ -221,9 +222,43 @@ def _record_interrupted(mailbox: Mailbox, exc: BaseException) -> None:
     )
 
 
+def lost_database_connection(exc: BaseException) -> bool:
+    """What a lost connection raises (PostgreSQL restarted, the backend terminated, a
+    failover): Django's errors, or the driver's own where a raw cursor is used (COPY)."""
+    driver = connection.Database  # type: ignore[attr-defined]  # the DB-API module; unstubbed
+    return isinstance(
+        exc,
+        OperationalError | InterfaceError | driver.OperationalError | driver.InterfaceError,
+    )
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line (psycopg's span several, with hints)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _record_in_step(mailbox: Mailbox, result: MailboxSyncResult) -> None:
+    """Every folder synced: "ok", or "warning" while messages the server lists have not
+    been delivered yet (dead letters, asked for again until they arrive): how many, and
+    the latest reason, for the status line, the admin and ``syncmailbox``."""
+    letters = DeadLetter.objects.filter(
+        folder__mailbox=mailbox, uidvalidity=F("folder__uidvalidity")
+    )
+    latest = letters.order_by("-last_attempt_at").first()
+    status = Mailbox.SyncStatus.OK
+    if latest is not None:
+        status = Mailbox.SyncStatus.WARNING
+        result.not_fetched = not_fetched_sentence(letters.count(), latest.reason)
+    Mailbox.objects.filter(pk=mailbox.pk).update(
+        sync_status=status, last_error=result.not_fetched[:2000], last_synced_at=timezone.now()
+    )
+
+
+def not_fetched_sentence(count: int, reason: str) -> str:
+    reason = " ".join(reason.split()).rstrip(".")
+    if count == 1:
+        return f"1 message could not be fetched yet: {reason}; it will be retried"
+    return f"{count} messages could not be fetched yet: {reason}; they will be retried"
 
 
 def _record_failure(mailbox: Mailbox, exc: MailError) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import shared_task
 from celery.app.task import Task
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from mailsync import extract, outbox, runner
@@ -23,19 +23,17 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF = [5, 15, 60, 300]
 
 
-# What a lost database connection raises (PostgreSQL restarted, the backend terminated, a
-# failover): transient, as a server outage is.
-DATABASE_LOST = (OperationalError, InterfaceError)
-
-
-def _retry_on_a_new_connection(task: Task[Any, Any], exc: Exception) -> Exception:
-    """The task again, later; the broken connection is closed first (Django would
-    otherwise hand the retry, in this process, the same dead socket)."""
-    close_old_connections()
+def _retry_on_a_new_connection(task: Task[Any, Any], exc: Exception) -> NoReturn:
+    """A lost database connection is transient, as a server outage is: the task again,
+    later. The broken connection is closed first (Django would otherwise hand the next
+    task in this process the same dead socket). Anything else is raised as it is."""
+    if not runner.lost_database_connection(exc):
+        raise exc
+    connection.close()
     log.warning("%s: the database connection was lost; retrying", task.name)
     attempt = task.request.retries
     countdown = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
-    return task.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF))
+    raise task.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF))
 
 
 def _retry_later(task: Task[Any, Any], exc: MailError) -> None:
@@ -57,12 +55,12 @@ def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
         return
     try:
         result = runner.sync_mailbox(mailbox, extract=False)
-    except DATABASE_LOST as exc:
-        raise _retry_on_a_new_connection(self, exc) from exc
     except MailError as exc:
         enqueue_extraction(mailbox)  # what it stored before the error
         _retry_later(self, exc)
         return
+    except Exception as exc:
+        _retry_on_a_new_connection(self, exc)
     # Not the folders another worker is filling: that worker queues their rows.
     enqueue_extraction(mailbox, skip_folders=result.busy_folders)
 
@@ -76,10 +74,10 @@ def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
         log.info("folder %s is already being synced", folder_id)
     except Folder.DoesNotExist:
         return
-    except DATABASE_LOST as exc:
-        raise _retry_on_a_new_connection(self, exc) from exc
     except MailError as exc:
         _retry_later(self, exc)
+    except Exception as exc:
+        _retry_on_a_new_connection(self, exc)
 
 
 @shared_task(bind=True, name="mailsync.push_flag_changes", acks_late=True)

@@ -7,13 +7,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import InterfaceError, OperationalError
 
 from mailsync.engine.errors import MailError
 from mailsync.engine.sync import SyncProgress
 from mailsync.extract import extract_pending_in_parallel
 from mailsync.models import Mailbox
-from mailsync.runner import one_line, sync_mailbox
+from mailsync.runner import lost_database_connection, one_line, sync_mailbox
 
 
 class Command(BaseCommand):
@@ -29,7 +28,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             self._run(options)
-        except (OperationalError, InterfaceError) as exc:
+        except Exception as exc:
+            if not lost_database_connection(exc):
+                raise
             # The database went away (restarted, the connection terminated): one line,
             # not Django's traceback. The sync recorded what it could; rerun to go on.
             self._fail(f"lost the connection to the database: {one_line(exc)}")
