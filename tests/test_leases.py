@@ -114,8 +114,10 @@ def test_beats_sync_of_a_mailbox_whose_folder_is_busy_does_not_mark_it_in_step(
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates PostgreSQL backends")
 def test_a_lost_database_connection_leaves_neither_a_lease_nor_syncing_behind(
-    settings, shared_mailbox, mail_user
+    settings, shared_mailbox, mail_user, request
 ):
+    # This test's own connection is cut too: the database is cleaned up on a new one.
+    request.addfinalizer(connection.close)
     settings.SYNC_BATCH_MESSAGES = 5
     for n in range(20):
         mail_user.append(make_mail(f"Cut {n}"))
