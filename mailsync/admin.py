@@ -222,5 +222,15 @@ class FlagChangeAdmin(ReadOnlyAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
-    # A dead letter is retried at every sync until the server delivers the message.
-    list_display = ["created_at", "folder", "uidvalidity", "uid", "attempts", "reason"]
+    # A message the server has not delivered yet: asked for again (at "next attempt") for as
+    # long as the server lists it; the mailbox shows "Messages not fetched yet" meanwhile.
+    list_display = [
+        "created_at",
+        "folder",
+        "uidvalidity",
+        "uid",
+        "attempts",
+        "last_attempt_at",
+        "next_attempt_at",
+        "reason",
+    ]

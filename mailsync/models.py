@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from mailsync.crypto import decrypt_secret, encrypt_secret
 from mailsync.engine.accounts import MailAccount
@@ -48,6 +49,9 @@ class Mailbox(models.Model):
         NEW = "new", "Not synced yet"
         SYNCING = "syncing", "Syncing"
         OK = "ok", "In step"
+        # in step, except for messages the server has not delivered yet (dead letters,
+        # retried at every due sync): last_error says how many and why
+        WARNING = "warning", "Messages not fetched yet"
         ERROR = "error", "Error"
 
     name = models.SlugField(max_length=100, unique=True, help_text="Short name used in URLs")
@@ -447,7 +451,11 @@ class Activity(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A message the server refused to deliver; recorded so it never blocks the folder."""
+    """A message the server has not delivered yet; recorded so it never blocks the folder.
+
+    Never given up: asked for again at the first sync after ``next_attempt_at`` (a wait
+    that doubles with each failure, up to hours) for as long as the server lists it, and
+    deleted when it arrives or the server no longer lists it."""
 
     folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="dead_letters")
     uidvalidity = models.BigIntegerField()
@@ -455,6 +463,8 @@ class DeadLetter(models.Model):
     reason = models.TextField()
     attempts = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
+    last_attempt_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
@@ -25,7 +25,18 @@ from mailsync.models import (
 log = logging.getLogger(__name__)
 
 OPEN_CHANGE_STATES = (FlagChange.State.PENDING, FlagChange.State.SENDING)
-DEAD_LETTER_ATTEMPTS = 5
+# A message the server did not deliver is asked for again at the next sync, then after a
+# wait that doubles from a minute up to this: still a few times a day, however long it
+# takes (there is no last try).
+DEAD_LETTER_LONGEST_WAIT = timedelta(hours=6)
+
+
+def dead_letter_wait(attempts: int) -> timedelta:
+    """How long to wait after the ``attempts``-th failure before asking again."""
+    if attempts <= 1:
+        return timedelta(0)
+    doubled: int = 2 ** min(attempts - 2, 20)
+    return min(timedelta(minutes=doubled), DEAD_LETTER_LONGEST_WAIT)
 
 
 class DjangoFolderStore:
@@ -228,6 +239,8 @@ class DjangoFolderStore:
             Folder.objects.filter(pk=self.folder.pk).update(
                 uidvalidity=new, uidnext_done=1, highestmodseq_done=None
             )
+            # the old numbering's UIDs name nothing now; the refetch covers those messages
+            DeadLetter.objects.filter(folder=self.folder).exclude(uidvalidity=new).delete()
 
     def retire_old_uidvalidities(self, current: int) -> int:
         stale = self._rows_of_other_uidvalidity(current)
@@ -255,18 +268,44 @@ class DjangoFolderStore:
 
     def dead_letter_uids(self, uidvalidity: int) -> list[int]:
         return list(
-            DeadLetter.objects.filter(
-                folder=self.folder, uidvalidity=uidvalidity, attempts__lt=DEAD_LETTER_ATTEMPTS
-            ).values_list("uid", flat=True)
+            DeadLetter.objects.filter(folder=self.folder, uidvalidity=uidvalidity)
+            .order_by("uid")
+            .values_list("uid", flat=True)
         )
 
+    def due_dead_letter_uids(self, uidvalidity: int) -> list[int]:
+        return list(
+            DeadLetter.objects.filter(
+                folder=self.folder, uidvalidity=uidvalidity, next_attempt_at__lte=timezone.now()
+            )
+            .order_by("uid")
+            .values_list("uid", flat=True)
+        )
+
+    def forget_dead_letters(self, uidvalidity: int, uids: Sequence[int]) -> None:
+        DeadLetter.objects.filter(
+            folder=self.folder, uidvalidity=uidvalidity, uid__in=list(uids)
+        ).delete()
+
     def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
+        now = timezone.now()
         letter, created = DeadLetter.objects.get_or_create(
-            folder=self.folder, uidvalidity=uidvalidity, uid=uid, defaults={"reason": reason}
+            folder=self.folder,
+            uidvalidity=uidvalidity,
+            uid=uid,
+            defaults={
+                "reason": reason,
+                "last_attempt_at": now,
+                "next_attempt_at": now + dead_letter_wait(1),
+            },
         )
         if not created:
+            attempts = letter.attempts + 1
             DeadLetter.objects.filter(pk=letter.pk).update(
-                reason=reason, attempts=letter.attempts + 1
+                reason=reason,
+                attempts=attempts,
+                last_attempt_at=now,
+                next_attempt_at=now + dead_letter_wait(attempts),
             )
 
     def advance_cursor(self, cursor: FolderCursor) -> None:

@@ -15,7 +15,8 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
@@ -52,6 +53,8 @@ from mailsync.engine.tls import default_context
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 __all__ = [
     "LARGE_MESSAGE",
     "FetchedMessage",
@@ -61,12 +64,21 @@ __all__ = [
     "RemoteFolder",
     "SelectedFolder",
     "parse_uid_set",
+    "uid_ranges",
     "uid_windows",
 ]
 
 # Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
 LARGE_MESSAGE = 8 * 1024 * 1024
 LARGE_CHUNK = 1024 * 1024
+# A piece that dies on a fresh connection (a middlebox that cuts every download past some
+# size) is halved, down to this.
+SMALLEST_PIECE = 4 * 1024
+# Listings are asked for in UID ranges of about this many messages, so no single answer
+# is large: a connection cut after some bytes still lets each through (about 60 bytes per
+# FLAGS line, 7 per UID in a SEARCH answer).
+FLAGS_RANGE = 400
+SEARCH_RANGE = 4000
 ALIVE_TIMEOUT = 10.0  # seconds a kept session has to answer its NOOP
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
@@ -94,7 +106,9 @@ class ImapSession:
 
     def reopen(self) -> None:
         """Log in again on a fresh connection and select the same folder: after the
-        server dropped us. Raises ServerUnreachable/AuthenticationFailed if it cannot."""
+        server dropped us. Raises ServerUnreachable/AuthenticationFailed if it cannot, and
+        ServerUnreachable if the folder was renumbered meanwhile (its UIDs would name other
+        messages now: the next sync starts over)."""
         if self._reconnect is None:
             raise ServerUnreachable("the connection was lost and cannot be reopened")
         _safe_shutdown(self._client)
@@ -102,7 +116,25 @@ class ImapSession:
         self._client, self.capabilities = fresh._client, fresh.capabilities
         self._held = None
         if self.selected is not None:
-            self.select(self.selected.name)
+            before = self.selected
+            if self._select(before.name).uidvalidity != before.uidvalidity:
+                raise ServerUnreachable(
+                    f"{before.name}: the server renumbered the folder (UIDVALIDITY changed) "
+                    "while we reconnected"
+                )
+
+    def _again_if_cut(self, read: Callable[[], T]) -> T:
+        """A read-only command whose connection was lost is sent once more on a fresh one:
+        a middlebox that cuts each connection after so many bytes cuts the one that carried
+        earlier answers, not this answer (each is bounded, see FLAGS_RANGE). A server that
+        is really gone fails the reconnect."""
+        try:
+            return read()
+        except ServerUnreachable:
+            if self._reconnect is None:
+                raise
+            self.reopen()
+            return read()
 
     # -- connecting ----------------------------------------------------------------
 
@@ -222,8 +254,11 @@ class ImapSession:
     # -- folders -------------------------------------------------------------------
 
     def list_folders(self) -> list[RemoteFolder]:
-        with self._guard("LIST"):
-            rows = self._client.list_folders()
+        def ask() -> list[Any]:
+            with self._guard("LIST"):
+                return list(self._client.list_folders())
+
+        rows = self._again_if_cut(ask)
         folders = []
         for flags, _delimiter, name in rows:
             flag_names = {_text(f) for f in flags}
@@ -242,8 +277,12 @@ class ImapSession:
         items = ["UIDVALIDITY", "UIDNEXT", "MESSAGES"]
         if self.has_condstore:
             items.append("HIGHESTMODSEQ")
-        with self._guard(f"STATUS {folder}", folder=folder):
-            answer = self._client.folder_status(folder, items)
+
+        def ask() -> dict[bytes, Any]:
+            with self._guard(f"STATUS {folder}", folder=folder):
+                return dict(self._client.folder_status(folder, items))
+
+        answer = self._again_if_cut(ask)
         modseq = answer.get(b"HIGHESTMODSEQ")
         return FolderStatus(
             uidvalidity=int(answer[b"UIDVALIDITY"]),
@@ -253,6 +292,9 @@ class ImapSession:
         )
 
     def select(self, folder: str) -> SelectedFolder:
+        return self._again_if_cut(partial(self._select, folder))
+
+    def _select(self, folder: str) -> SelectedFolder:
         with self._guard(f"SELECT {folder}", folder=folder):
             answer = self._client.select_folder(folder)
         modseq = answer.get(b"HIGHESTMODSEQ")
@@ -331,7 +373,12 @@ class ImapSession:
         other news (or a flag change we cannot read) means "changed": sync in full."""
         if self._held != folder or self.selected is None:
             return None
-        self._noop()
+        try:
+            self._noop()
+        except ServerUnreachable:
+            # a kept connection cut since: what it would have told is lost with it
+            self.reopen()
+            return None
         news = self._client._imap.untagged_responses
         fetched = news.pop("FETCH", None) or []
         if any(key in news for key in _FOLDER_NEWS):
@@ -356,20 +403,64 @@ class ImapSession:
     # -- reading -------------------------------------------------------------------
 
     def uids_from(self, first_uid: int) -> list[int]:
-        """UIDs >= first_uid in the selected folder.
+        """UIDs >= first_uid in the selected folder, asked in UID ranges of at most about
+        SEARCH_RANGE messages (a first sync of 100k messages is not one 700 KB answer).
 
         ``UID SEARCH UID n:*`` returns the highest UID even when it is below n (``*`` is
         the last message), so the answer is filtered (IMAP-NOTES §1.5).
         """
-        with self._guard("UID SEARCH"):
-            found = self._client.search(["UID", f"{max(first_uid, 1)}:*"])
-        return sorted(uid for uid in (int(u) for u in found) if uid >= first_uid)
+        first_uid = max(first_uid, 1)
+        selected = self.selected
+        last = selected.uidnext - 1 if selected is not None and selected.uidnext > 0 else None
+        if last is None or last - first_uid < SEARCH_RANGE:
+            ranges: list[tuple[int, int | None]] = [(first_uid, None)]
+        else:
+            ranges = [*uid_ranges(self._range_starts(SEARCH_RANGE), first_uid, last)]
+            ranges.append((last + 1, None))  # what arrived since SELECT, as before
+        found: set[int] = set()
+        for low, high in ranges:
+            found.update(self._search_uids(low, high))
+        return sorted(uid for uid in found if uid >= first_uid)
+
+    def _search_uids(self, low: int, high: int | None) -> list[int]:
+        def ask() -> list[int]:
+            with self._guard("UID SEARCH"):
+                found = self._client.search(["UID", f"{low}:{'*' if high is None else high}"])
+            return [int(uid) for uid in found]
+
+        return self._again_if_cut(ask)
+
+    def _range_starts(self, per_range: int) -> list[int]:
+        """The UIDs of every ``per_range``-th message (``FETCH n,2n,... (UID)``, one small
+        answer): range boundaries that split the selected folder into ranges of about
+        ``per_range`` messages each, wherever its UIDs are sparse. Messages expunged or
+        arriving meanwhile only make a range a little smaller or larger."""
+        exists = self.selected.exists if self.selected is not None else 0
+        if exists <= per_range:
+            return []
+        positions = ",".join(str(n) for n in range(per_range + 1, exists + 1, per_range))
+        imap = self._client._imap
+
+        def ask() -> list[int]:
+            with self._guard("FETCH (UID)"):
+                typ, data = imap._simple_command("FETCH", positions, "(UID)")
+                if typ != "OK":
+                    raise ProtocolError(f"FETCH refused: {_text(data[0]) if data else typ}")
+                typ, data = imap._untagged_response(typ, data, "FETCH")
+            if data == [None]:
+                return []
+            return [int(items[b"UID"]) for items in _fetch_items(data) if b"UID" in items]
+
+        starts = self._again_if_cut(ask)
+        self._held, self._news_dropped = None, True  # other clients' news were among them
+        return starts
 
     def fetch_flags(self, uids: Sequence[int]) -> dict[int, FlagState]:
         items = ["UID", "FLAGS"] + (["MODSEQ"] if self.has_condstore else [])
         result: dict[int, FlagState] = {}
-        for window in uid_windows(sorted(uids)):
-            for uid, data in self._uid_fetch(window, items).items():
+        for window in uid_windows(sorted(uids), FLAGS_RANGE):
+            answer = self._again_if_cut(partial(self._uid_fetch, window, items))
+            for uid, data in answer.items():
                 result[uid] = _flag_state(uid, data)
         return result
 
@@ -379,6 +470,10 @@ class ImapSession:
         """Flags changed since a modseq for UIDs below ``below_uid`` (CONDSTORE), and with
         QRESYNC also the UIDs expunged since then (``VANISHED (EARLIER)``, RFC 7162 §3.2.6).
 
+        Usually a handful, so asked at once; when that answer is lost with its connection
+        (another client changed thousands of messages, behind a middlebox that cuts long
+        downloads) it is asked again in UID ranges of about FLAGS_RANGE messages.
+
         Never called with modseq 0: ``CHANGEDSINCE 0`` confuses some servers
         (modern-email/defects #29).
         """
@@ -386,14 +481,33 @@ class ImapSession:
             return {}, []
         if changedsince <= 0:
             raise ValueError("CHANGEDSINCE needs a positive modseq")
+        try:
+            return self._changes_in(1, below_uid - 1, changedsince, vanished)
+        except ServerUnreachable:
+            if self._reconnect is None:
+                raise
+            self.reopen()
+        changes: dict[int, FlagState] = {}
+        gone: list[int] = []
+        for low, high in uid_ranges(self._range_starts(FLAGS_RANGE), 1, below_uid - 1):
+            some, some_gone = self._again_if_cut(
+                partial(self._changes_in, low, high, changedsince, vanished)
+            )
+            changes.update(some)
+            gone.extend(some_gone)
+        return changes, sorted(set(gone))
+
+    def _changes_in(
+        self, low: int, high: int, changedsince: int, vanished: bool
+    ) -> tuple[dict[int, FlagState], list[int]]:
         imap = self._client._imap
         imap.untagged_responses.pop("VANISHED", None)
         modifiers = f"CHANGEDSINCE {changedsince}" + (" VANISHED" if vanished else "")
         answer = self._uid_fetch(
-            f"1:{below_uid - 1}",
+            f"{low}:{high}",
             ["UID", "FLAGS", "MODSEQ"],
             modifiers=modifiers,
-            accept=lambda uid: uid < below_uid,
+            accept=lambda uid: low <= uid <= high,
         )
         gone: list[int] = []
         for line in imap.untagged_responses.pop("VANISHED", None) or []:
@@ -402,20 +516,28 @@ class ImapSession:
                 text = text[len("(EARLIER)") :].strip()
             else:  # news of an expunge after SELECT, perhaps of a UID filtered out below
                 self._held, self._news_dropped = None, True
-            gone.extend(uid for uid in parse_uid_set(text) if uid < below_uid)
+            gone.extend(uid for uid in parse_uid_set(text) if low <= uid <= high)
         changes = {uid: _flag_state(uid, data) for uid, data in answer.items()}
         return changes, sorted(set(gone))
 
     def all_uids(self) -> list[int]:
-        """Every UID in the selected folder (``UID SEARCH ALL``: UIDs only, no flags)."""
-        with self._guard("UID SEARCH"):
-            return sorted(int(uid) for uid in self._client.search(["ALL"]))
+        """Every UID in the selected folder (``UID SEARCH``: UIDs only, no flags), in UID
+        ranges of about SEARCH_RANGE messages."""
+        selected = self.selected
+        if selected is None or selected.exists <= SEARCH_RANGE or selected.uidnext <= 0:
+            return sorted(self._search_uids(1, None))
+        found: set[int] = set()
+        for low, high in uid_ranges(self._range_starts(SEARCH_RANGE), 1, selected.uidnext - 1):
+            found.update(self._search_uids(low, high))
+        found.update(self._search_uids(selected.uidnext, None))
+        return sorted(found)
 
     def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE per UID; a UID missing from the answer was expunged meanwhile."""
         sizes: dict[int, int] = {}
         for window in uid_windows(sorted(uids)):
-            for uid, data in self._uid_fetch(window, ["UID", "RFC822.SIZE"]).items():
+            answer = self._again_if_cut(partial(self._uid_fetch, window, ["UID", "RFC822.SIZE"]))
+            for uid, data in answer.items():
                 sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
         return sizes
 
@@ -449,20 +571,48 @@ class ImapSession:
             )
         return messages
 
-    def fetch_large_message(self, uid: int, size: int) -> FetchedMessage | None:
-        """One big message in ``BODY.PEEK[]<offset.length>`` chunks, into a buffer
-        allocated once at its announced size: memory stays near one copy of the message
-        (a single literal would be read and joined by imaplib, twice that). Returns None
-        when the server no longer has it."""
+    def fetch_large_message(
+        self, uid: int, size: int, *, piece: int = LARGE_CHUNK
+    ) -> FetchedMessage | None:
+        """One message in ``BODY.PEEK[]<offset.length>`` pieces, into a buffer allocated
+        once at its announced size: memory stays near one copy of the message (a single
+        literal would be read and joined by imaplib, twice that). Returns None when the
+        server no longer has it.
+
+        Also the way through a connection that dies mid-download (a middlebox or proxy
+        that cuts every connection after so many bytes): after a lost connection it
+        reconnects and goes on from the last whole piece; a piece lost on a connection
+        that had delivered nothing yet is halved, down to SMALLEST_PIECE. Raises
+        ServerUnreachable when even that is lost, or when the server cannot be reached."""
         items = ["UID", "FLAGS", "INTERNALDATE"] + (["MODSEQ"] if self.has_condstore else [])
-        head = self._uid_fetch([uid], items)
+        head = self._again_if_cut(lambda: self._uid_fetch([uid], items))
         if uid not in head:
             return None
         buffer = bytearray(size)
         offset = 0
+        delivered = True  # unknown for the connection we were given: do not halve yet
         while True:
-            section = f"BODY.PEEK[]<{offset}.{LARGE_CHUNK}>"
-            answer = self._uid_fetch([uid], ["UID", section])
+            section = f"BODY.PEEK[]<{offset}.{piece}>"
+            try:
+                answer = self._uid_fetch([uid], ["UID", section])
+            except ServerUnreachable as exc:
+                if not delivered and piece <= SMALLEST_PIECE:
+                    raise ServerUnreachable(
+                        f"UID {uid}: the connection is lost even in pieces of "
+                        f"{SMALLEST_PIECE // 1024} KB ({exc})"
+                    ) from exc
+                if not delivered:
+                    piece = max(SMALLEST_PIECE, piece // 2)
+                log.info(
+                    "UID %s: connection lost at byte %s; again in %s-byte pieces",
+                    uid,
+                    offset,
+                    piece,
+                )
+                self.reopen()
+                delivered = False
+                continue
+            delivered = True
             if uid not in answer:
                 return None
             chunk = next(
@@ -474,7 +624,7 @@ class ImapSession:
                 buffer.extend(bytes(end - len(buffer)))
             buffer[offset:end] = chunk
             offset = end
-            if len(chunk) < LARGE_CHUNK:
+            if len(chunk) < piece:
                 break
         del buffer[offset:]  # the server over-announced: keep what it sent
         state = _flag_state(uid, head[uid])
@@ -661,6 +811,16 @@ class ImapSession:
             raise ProtocolError(f"{what} refused: {text}") from exc
         except OSError as exc:
             raise ServerUnreachable(f"{what}: connection lost ({describe_os_error(exc)})") from exc
+
+
+def uid_ranges(starts: Iterable[int], first: int, last: int) -> list[tuple[int, int]]:
+    """``first:last`` cut into consecutive UID ranges, a new one beginning at each of
+    ``starts`` that falls inside: together they cover every UID exactly once, so a listing
+    asked range by range misses nothing however the messages are spread."""
+    if last < first:
+        return []
+    cuts = sorted({start for start in starts if first < start <= last})
+    return list(zip([first, *cuts], [*(cut - 1 for cut in cuts), last], strict=True))
 
 
 def _fetch_items(data: list[Any]) -> list[dict[bytes, Any]]:

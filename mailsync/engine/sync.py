@@ -23,7 +23,9 @@ from typing import Protocol, TypeVar
 
 from mailsync.engine.errors import ProtocolError, ServerUnreachable
 from mailsync.engine.imap import (
+    LARGE_CHUNK,
     LARGE_MESSAGE,
+    SMALLEST_PIECE,
     FetchedMessage,
     FlagState,
     ImapSession,
@@ -112,10 +114,21 @@ class FolderStore(Protocol):
         server: mark them expunged and cancel changes aimed at them. Returns how many."""
         ...
 
-    def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None: ...
+    def record_dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
+        """The server would not deliver this message this time: ask again later, after a
+        wait that grows with each failure (to hours), never giving up."""
+        ...
 
     def dead_letter_uids(self, uidvalidity: int) -> list[int]:
-        """UIDs the server refused to deliver that are still worth asking for again."""
+        """Every UID the server has not delivered yet (under this UIDVALIDITY)."""
+        ...
+
+    def due_dead_letter_uids(self, uidvalidity: int) -> list[int]:
+        """Those of ``dead_letter_uids`` whose wait is over: to be asked for now."""
+        ...
+
+    def forget_dead_letters(self, uidvalidity: int, uids: Sequence[int]) -> None:
+        """The server no longer lists these UIDs: nothing is left to fetch."""
         ...
 
     def advance_cursor(self, cursor: FolderCursor) -> None: ...
@@ -154,9 +167,7 @@ def sync_folder(
         cursor = FolderCursor(selected.uidvalidity, 1, None)
 
     new_uids = _new_uids(imap, store, selected, cursor)
-    # Messages the server refused before are asked again (a few times): it may have been
-    # repaired meanwhile. They stay below the cursor, so they never hold it back.
-    retry = [uid for uid in store.dead_letter_uids(selected.uidvalidity) if uid not in new_uids]
+    retry = [uid for uid in _dead_letters_to_retry(imap, store, selected) if uid not in new_uids]
     _refresh_known(imap, store, selected, cursor, len(new_uids), report, clock)
     _fetch_new(imap, store, selected, sorted([*new_uids, *retry]), limits, report)
     # Runs on every full pass, so a renumbering interrupted by a crash is finished later.
@@ -174,6 +185,23 @@ def sync_folder(
     )
     imap.hold()
     return report
+
+
+def _dead_letters_to_retry(
+    imap: ImapSession, store: FolderStore, selected: SelectedFolder
+) -> list[int]:
+    """Messages the server did not deliver before are asked for again as long as it lists
+    them (the connection may be healthy again, the message repaired), each after its wait;
+    one the server no longer lists is forgotten. They stay below the cursor, so they never
+    hold it back."""
+    waiting = store.dead_letter_uids(selected.uidvalidity)
+    if not waiting:
+        return []
+    listed = imap.fetch_sizes(waiting)
+    gone = [uid for uid in waiting if uid not in listed]
+    if gone:
+        store.forget_dead_letters(selected.uidvalidity, gone)
+    return [uid for uid in store.due_dead_letter_uids(selected.uidvalidity) if uid in listed]
 
 
 def _held_folder_news(
@@ -195,7 +223,7 @@ def _held_folder_news(
         return False
     observed_at = clock()
     news = imap.poll_held(folder_name)
-    if news is None or news.changed or store.dead_letter_uids(held.uidvalidity):
+    if news is None or news.changed or store.due_dead_letter_uids(held.uidvalidity):
         return False
     if news.flags:
         report.flag_updates += store.apply_flags(held.uidvalidity, news.flags, observed_at)
@@ -221,8 +249,8 @@ def _nothing_changed(
         and status.uidnext == cursor.uidnext_done
         and status.highestmodseq == cursor.highestmodseq_done
     )
-    if not unchanged or store.dead_letter_uids(cursor.uidvalidity):
-        return False  # (refused messages are asked for again)
+    if not unchanged or store.due_dead_letter_uids(cursor.uidvalidity):
+        return False  # (messages not delivered yet are asked for again)
     if "QRESYNC" in imap.capabilities:
         return True
     return status.messages == store.known_count(cursor.uidvalidity)
@@ -378,32 +406,66 @@ def read_ahead(items: Iterator[T]) -> Generator[T, None, None]:
 def _fetch_batch(
     imap: ImapSession, batch: list[int], sizes: Mapping[int, int]
 ) -> tuple[list[FetchedMessage], list[tuple[int, str]]]:
-    """Fetch a batch; when the server refuses it, retry UID by UID and return the ones it
-    still refuses (to be dead-lettered), so a single bad message never blocks the folder."""
+    """Fetch a batch; when that fails, UID by UID, and return the ones that still fail
+    (to be dead-lettered: asked for again later), so a single message never blocks the
+    folder.
+
+    A message whose download dies with its connection twice is fetched in pieces, which
+    reconnect and shrink as long as that helps (``fetch_large_message``): what a middlebox
+    that cuts every long download lets through."""
     try:
         return _fetch_some(imap, batch, sizes), []
     except ProtocolError:
         pass  # the server refused the batch (NO): find the message it refuses
     except ServerUnreachable:
-        # Dovecot drops the connection (BYE) when it cannot read a message from disk, so
-        # a lost connection may be one bad message, not an outage: reconnect (this raises
-        # if the server is really gone) and go UID by UID.
+        # Dovecot drops the connection (BYE) when it cannot read a message from disk, and
+        # a middlebox may cut every connection after so many bytes: either way a lost
+        # connection may be about one message, not an outage. Reconnect (this raises if
+        # the server is really gone) and go UID by UID.
         imap.reopen()
     messages: list[FetchedMessage] = []
     dead: list[tuple[int, str]] = []
     for uid in batch:
-        try:
-            messages.extend(_fetch_some(imap, [uid], sizes))
-        except ProtocolError as exc:
-            dead.append((uid, str(exc)))
-        except ServerUnreachable:
-            imap.reopen()
-            try:  # once more on a fresh connection: a blip is not a bad message
-                messages.extend(_fetch_some(imap, [uid], sizes))
-            except (ProtocolError, ServerUnreachable) as exc:
-                imap.reopen()  # it is this message: it drops every connection that asks
-                dead.append((uid, str(exc)))
+        found, refused = _fetch_whole_or_in_pieces(imap, uid, sizes)
+        messages.extend(found)
+        if refused is not None:
+            dead.append((uid, refused))
     return messages, dead
+
+
+def _fetch_whole_or_in_pieces(
+    imap: ImapSession, uid: int, sizes: Mapping[int, int]
+) -> tuple[list[FetchedMessage], str | None]:
+    """The message (none if expunged meanwhile), or why the server would not deliver it.
+    Every reconnect stands outside the ``except``: when the server is really gone it
+    raises, and the sync stops instead of dead-lettering the rest of the batch."""
+    for _ in range(2):  # once more on a fresh connection: a blip is not a bad message
+        try:
+            return _fetch_some(imap, [uid], sizes), None
+        except ProtocolError as exc:
+            return [], str(exc)
+        except ServerUnreachable:
+            pass
+        imap.reopen()
+    size = sizes.get(uid, 0)
+    try:
+        message = imap.fetch_large_message(uid, size, piece=_first_piece(size))
+    except ProtocolError as exc:
+        return [], str(exc)
+    except ServerUnreachable as exc:
+        refused = str(exc)
+    else:
+        return ([message] if message is not None else []), None
+    imap.reopen()  # it was this message (or this connection): the next one goes on
+    return [], refused
+
+
+def _first_piece(size: int) -> int:
+    """The largest piece below the size whose whole download just died."""
+    piece = LARGE_CHUNK
+    while piece >= size and piece > SMALLEST_PIECE:
+        piece //= 2
+    return piece
 
 
 def _fetch_some(

@@ -14,14 +14,28 @@ from mailsync.extract import extract_pending_in_parallel
 from mailsync.models import Mailbox
 from mailsync.runner import lost_database_connection, one_line, sync_mailbox
 
+# --once: the mirror is in step except for messages the server has not delivered yet
+# (each is asked for again at later syncs); a script must not take that for success.
+NOT_FETCHED_EXIT = 3
+
 
 class Command(BaseCommand):
-    help = "Sync a mailbox's chosen folders in the foreground (no worker needed)."
+    help = (
+        "Sync a mailbox's chosen folders in the foreground (no worker needed). With --once, "
+        f"the exit status is 0 when the app is in step, 1 on an error, {NOT_FETCHED_EXIT} "
+        "when some messages could not be fetched yet (they are retried at later syncs)."
+    )
+    _not_fetched = ""
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("name")
         parser.add_argument(
-            "--once", action="store_true", help="sync once and exit when the app is in step"
+            "--once",
+            action="store_true",
+            help=(
+                "sync once and exit when the app is in step (exit status 0), on an error (1), "
+                f"or with messages not fetched yet ({NOT_FETCHED_EXIT})"
+            ),
         )
         parser.add_argument("--interval", type=int, default=settings.SYNC_INTERVAL_SECONDS)
 
@@ -49,6 +63,8 @@ class Command(BaseCommand):
             if options["once"]:
                 if not ok:
                     raise SystemExit(1)
+                if self._not_fetched:
+                    raise SystemExit(NOT_FETCHED_EXIT)
                 return
             try:
                 time.sleep(options["interval"])
@@ -86,13 +102,16 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{mailbox.name}/{report.folder}: {report.new_messages} new, "
                 f"{report.flag_updates} flag updates, {report.expunged} expunged"
-                + (f", {report.dead_letters} refused by the server" if report.dead_letters else "")
+                + (f", {report.dead_letters} not fetched yet" if report.dead_letters else "")
             )
         for name in result.busy_folders:
             self.stderr.write(f"{mailbox.name}/{name}: skipped, another sync holds it")
         if result.missing_folders:
             self._fail(f"{mailbox.name}: not on the server: {', '.join(result.missing_folders)}")
             return False
+        self._not_fetched = result.not_fetched
+        if result.not_fetched:
+            self._fail(f"{mailbox.name}: {result.not_fetched}")
         return True
 
     def _fail(self, message: str) -> None:
