@@ -242,7 +242,9 @@ def _record_in_step(mailbox: Mailbox, result: MailboxSyncResult) -> None:
     been delivered yet (dead letters, asked for again until they arrive): how many, and
     the latest reason, for the status line, the admin and ``syncmailbox``."""
     letters = DeadLetter.objects.filter(
-        folder__mailbox=mailbox, uidvalidity=F("folder__uidvalidity")
+        folder__mailbox=mailbox,
+        folder__name__in=mailbox.chosen_folder_names(),  # not of a folder no longer synced
+        uidvalidity=F("folder__uidvalidity"),
     )
     latest = letters.order_by("-last_attempt_at").first()
     status = Mailbox.SyncStatus.OK

@@ -259,24 +259,31 @@ def test_syncmailbox_once_says_what_is_missing_and_exits_non_zero(
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("ignored", [[], ["QRESYNC", "CONDSTORE"]], ids=["qresync", "neither"])
-def test_flag_listings_of_many_messages_pass_a_cut_smaller_than_the_whole_listing(
-    ignored, settings, proxied_mailbox, mail_user, proxy
+@pytest.mark.parametrize(
+    "ignored",
+    [[], ["QRESYNC"], ["QRESYNC", "CONDSTORE"]],
+    ids=["qresync", "condstore", "neither"],
+)
+def test_listings_of_many_messages_pass_a_cut_smaller_than_the_whole_listing(
+    ignored, settings, monkeypatch, proxied_mailbox, mail_user, proxy
 ):
-    """Another client marks 1,500 messages read: the answer naming them all (≈70 KB) is
-    asked for in UID ranges, each of which passes a connection cut at 32 KB."""
+    """Another client marks 1,000 messages read and expunges one: the answers naming them
+    all (≈50 KB of flags, or every UID) are asked for in UID ranges (UID SEARCH's here
+    made smaller than 1,000), each of which passes a connection cut at 32 KB."""
     settings.IMAP_IGNORE_CAPABILITIES = ignored
-    mail_user.deliver_bulk(make_mail(f"Bulk {n}", body=f"body {n}") for n in range(1500))
+    monkeypatch.setattr("mailsync.engine.imap.SEARCH_RANGE", 200, raising=False)
+    mail_user.deliver_bulk(make_mail(f"Bulk {n}", body=f"body {n}") for n in range(1000))
     sync_mailbox(proxied_mailbox, extract=False)
     with mail_user.imap() as client:
         client.select_folder("INBOX")
         client.add_flags("1:*", ["\\Seen", "$Important"], silent=True)
+    mail_user.expunge([500])
     proxy.cut(server_to_client=32 * KB)
 
     sync_mailbox(proxied_mailbox, extract=False)
 
     assert proxy.cuts > 0
-    assert Message.objects.filter(seen=True).count() == 1500
+    assert Message.objects.filter(seen=True, expunged_at__isnull=True).count() == 999
     assert in_step_with_server(proxied_mailbox, mail_user)
 
 

@@ -597,9 +597,10 @@ class ImapSession:
                 answer = self._uid_fetch([uid], ["UID", section])
             except ServerUnreachable as exc:
                 if not delivered and piece <= SMALLEST_PIECE:
+                    # (the cause, a protocol parser's complaint, stays in the chain)
                     raise ServerUnreachable(
-                        f"UID {uid}: the connection is lost even in pieces of "
-                        f"{SMALLEST_PIECE // 1024} KB ({exc})"
+                        "the connection to the server is lost during the download, even in "
+                        f"pieces of {SMALLEST_PIECE // 1024} KB"
                     ) from exc
                 if not delivered:
                     piece = max(SMALLEST_PIECE, piece // 2)
