@@ -10,13 +10,15 @@ from typing import Any, NoReturn
 
 from celery import shared_task
 from celery.app.task import Task
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from mailsync import extract, outbox, runner
 from mailsync.engine.errors import MailError
+from mailsync.enqueue import enqueue_on_commit
 from mailsync.leases import FolderBusy
 from mailsync.models import Folder, Mailbox
+from mailsync.outages import OK, log_state_change
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,28 @@ def _retry_on_a_new_connection(task: Task[Any, Any], exc: Exception) -> NoReturn
     raise task.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF))
 
 
+def _what(task: Task[Any, Any]) -> str:
+    return f"{task.name}({', '.join(map(str, task.request.args or ()))})"
+
+
 def _retry_later(task: Task[Any, Any], exc: MailError) -> None:
+    """Retry a transient failure with backoff, saying so once per outage (Celery's own
+    line per retry is filtered out in ``teaminbox.celery``). After the last retry the
+    task ends quietly: beat's sync or the outbox sweeper starts the work again."""
     if not exc.transient:
         log.warning("%s: %s (not retried)", task.name, exc)
         return
+    log_state_change(
+        log, _what(task), "failing", "%s: %s; retrying until it works", _what(task), exc
+    )
     attempt = task.request.retries
-    countdown = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
-    raise task.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF))
+    if attempt >= len(RETRY_BACKOFF):
+        return
+    raise task.retry(exc=exc, countdown=RETRY_BACKOFF[attempt], max_retries=len(RETRY_BACKOFF))
+
+
+def _working_again(task: Task[Any, Any]) -> None:
+    log_state_change(log, _what(task), OK, "%s: working again", _what(task), level=logging.INFO)
 
 
 @shared_task(bind=True, name="mailsync.sync_mailbox", acks_late=True)
@@ -61,6 +78,7 @@ def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
         return
     except Exception as exc:
         _retry_on_a_new_connection(self, exc)
+    _working_again(self)
     # Not the folders another worker is filling: that worker queues their rows.
     enqueue_extraction(mailbox, skip_folders=result.busy_folders)
 
@@ -70,6 +88,7 @@ def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
     try:
         runner.sync_folder_by_id(folder_id)
         enqueue_extraction(Folder.objects.get(pk=folder_id).mailbox, folder_id=folder_id)
+        _working_again(self)
     except FolderBusy:
         log.info("folder %s is already being synced", folder_id)
     except Folder.DoesNotExist:
@@ -82,12 +101,19 @@ def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
 
 @shared_task(bind=True, name="mailsync.push_flag_changes", acks_late=True)
 def push_flag_changes(self: Task[Any, Any], folder_id: int) -> None:
+    """Not retried by Celery: the changes are back in the outbox, and the outbox sweeper
+    enqueues their folder again within ``OUTBOX_SWEEP_SECONDS`` (retries on top of that
+    only piled up tasks for the same folder during an outage)."""
     try:
         runner.push_folder_changes(folder_id)
     except Folder.DoesNotExist:
         return
     except MailError as exc:
-        _retry_later(self, exc)
+        log_state_change(
+            log, _what(self), "failing", "%s: %s; the outbox sweeper retries", _what(self), exc
+        )
+        return
+    _working_again(self)
 
 
 @shared_task(name="mailsync.extract_messages", acks_late=True)
@@ -138,14 +164,7 @@ def sync_all_mailboxes() -> None:
 def start_mailbox_sync(mailbox_id: int) -> None:
     """Sync the mailbox once the caller's transaction commits (the worker must see the
     saved row). A broker that is down only delays it: beat's sync runs within a minute."""
-
-    def enqueue() -> None:
-        try:
-            sync_mailbox.delay(mailbox_id)
-        except Exception:  # any broker failure: kombu raises its own and OSError
-            log.warning("could not enqueue a sync of mailbox %s; beat's sync will", mailbox_id)
-
-    transaction.on_commit(enqueue)
+    enqueue_on_commit(sync_mailbox, mailbox_id)
 
 
 @shared_task(name="mailsync.sweep_flag_outbox")

@@ -2,7 +2,8 @@
 
 Views call these and never save domain models themselves. Work for the mail server is
 enqueued on commit, so a rolled-back action never reaches the server, and the outbox row
-written in the same transaction means a lost task only delays the change.
+written in the same transaction means a lost task only delays the change: the enqueue
+never waits for a broker that is down (``mailsync.enqueue``), the outbox sweeper catches up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
 from mailsync.engine.flags import DELETED, SEEN, SYSTEM_FLAGS
+from mailsync.enqueue import enqueue_on_commit
 from mailsync.models import Activity, FlagChange, Folder, Mailbox, Message
+from mailsync.tasks import push_flag_changes
 from teaminbox.models import Membership
 
 Actor = AbstractBaseUser | AnonymousUser | None
@@ -83,8 +86,7 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
         actor_id=actor_id_of(actor),
     )
     _record(message, actor, "flag_added" if on else "flag_removed", {"flag": flag})
-    folder_id = message.folder_id
-    transaction.on_commit(lambda: _enqueue_push(folder_id))
+    enqueue_on_commit(push_flag_changes, message.folder_id)
     return change
 
 
@@ -148,8 +150,7 @@ def purge_message(*, message: Message, actor: Actor) -> None:
         actor_id=actor_id_of(actor),
     )
     _record(message, actor, "purged", {})
-    folder_id = message.folder_id
-    transaction.on_commit(lambda: _enqueue_push(folder_id))
+    enqueue_on_commit(push_flag_changes, message.folder_id)
 
 
 def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) -> None:
@@ -165,8 +166,7 @@ def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) ->
     message.moving_to = target
     message.save(update_fields=["moving_to"])
     _record(message, actor, verb, {"to": target.name})
-    folder_id = message.folder_id
-    transaction.on_commit(lambda: _enqueue_push(folder_id))
+    enqueue_on_commit(push_flag_changes, message.folder_id)
 
 
 def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]) -> None:
@@ -178,19 +178,6 @@ def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]
         verb=verb,
         detail=detail,
     )
-
-
-def _enqueue_push(folder_id: int) -> None:
-    from mailsync.tasks import push_flag_changes
-
-    try:
-        push_flag_changes.delay(folder_id)
-    except Exception:
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "could not enqueue the push for folder %s; the outbox sweeper will", folder_id
-        )
 
 
 @transaction.atomic

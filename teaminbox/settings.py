@@ -144,6 +144,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Celery's, with one log line per broker outage instead of a traceback per due task.
+CELERY_BEAT_SCHEDULER = "teaminbox.celery:BeatScheduler"
 SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
 # A staff change claimed by a pusher is its own for OUTBOX_CLAIM_SECONDS after the pusher's
 # last command; the sweeper runs every OUTBOX_SWEEP_SECONDS. Together they bound how long
