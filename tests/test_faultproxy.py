@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import poplib
+import smtplib
 import socket
 import socketserver
 import threading
@@ -10,7 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.dovecot import MailUser
 from tests.support.faultproxy import FaultProxy
+from tests.support.smtp import QUIET_AUTH_WARNING, smtp_server
 
 GREETING = b"* OK ready\r\n"
 
@@ -154,3 +158,40 @@ def test_it_ends_every_thread_and_connection_when_it_stops(upstream: _Upstream) 
 def test_it_refuses_an_upstream_off_this_machine() -> None:
     with pytest.raises(ValueError, match="loopback"):
         FaultProxy("192.0.2.1", 143)
+
+
+def test_it_sits_in_front_of_dovecots_pop3(mail_user: MailUser) -> None:
+    raw = b"Subject: long\r\n\r\n" + b"0123456789abcdef\r\n" * 1200  # about 22 KB
+    mail_user.append(raw)
+    with FaultProxy(mail_user.server.host, mail_user.server.pop3_port) as proxy:
+        proxy.cut(server_to_client=8 * 1024)
+        pop = poplib.POP3(proxy.host, proxy.port, timeout=5)
+        pop.user(mail_user.address)
+        pop.pass_(mail_user.password)
+        with pytest.raises((poplib.error_proto, OSError, EOFError)):
+            pop.retr(1)
+        pop.close()
+
+        proxy.heal()
+        pop = poplib.POP3(proxy.host, proxy.port, timeout=5)
+        pop.user(mail_user.address)
+        pop.pass_(mail_user.password)
+        _, lines, _ = pop.retr(1)
+        pop.quit()
+    assert b"\r\n".join(lines) + b"\r\n" == raw
+
+
+@pytest.mark.filterwarnings(QUIET_AUTH_WARNING)
+def test_it_sits_in_front_of_smtp() -> None:
+    with smtp_server(require_auth=False) as smtp, FaultProxy(smtp.host, smtp.port) as proxy:
+        proxy.drop_mid_command()
+        client = smtplib.SMTP(proxy.host, proxy.port, timeout=5)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.sendmail("a@example.org", ["b@example.org"], b"Subject: lost\r\n\r\nx\r\n")
+        client.close()
+        assert smtp.received == []
+
+        proxy.heal()
+        with smtplib.SMTP(proxy.host, proxy.port, timeout=5) as client:
+            client.sendmail("a@example.org", ["b@example.org"], b"Subject: sent\r\n\r\nx\r\n")
+    assert [r.parsed()["Subject"] for r in smtp.received] == ["sent"]
