@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import poplib
 import smtplib
 import socket
@@ -79,10 +80,20 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def _read_to_eof(sock: socket.socket) -> bytes:
+    """What arrived before the connection closed (with FIN, or with a reset when bytes the
+    client sent were still unread as it was cut)."""
     data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
     return data
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_it_passes_traffic_untouched_when_healthy(proxy: FaultProxy) -> None:
@@ -148,8 +159,8 @@ def test_it_ends_every_thread_and_connection_when_it_stops(upstream: _Upstream) 
         sock = _connect(proxy)
         proxy.stall()
         stalled = socket.create_connection((proxy.host, proxy.port), timeout=5)
-    assert _read_to_eof(sock) == b""  # closed by the proxy, not left hanging
-    assert _read_to_eof(stalled) == b""
+    assert _closed(sock)  # by the proxy, not left hanging
+    assert _closed(stalled)  # (reset if it was still waiting in the listener's backlog)
     sock.close()
     stalled.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("faultproxy")]
