@@ -6,6 +6,7 @@ import os
 from celery import Celery
 from celery.app import trace
 from celery.beat import PersistentScheduler, ScheduleEntry
+from celery.signals import after_setup_logger
 from kombu import Producer
 
 from mailsync.outages import OK, log_state_change
@@ -29,6 +30,15 @@ class WithoutRetryLines(logging.Filter):
 
 
 logging.getLogger(trace.__name__).addFilter(WithoutRetryLines())
+
+
+@after_setup_logger.connect
+def print_each_line_once(**_kwargs: object) -> None:
+    """In a worker or beat, our loggers' records reach Celery's root handler (with its
+    time stamp and process); the console handler Django's LOGGING gives them would print
+    every line a second time."""
+    for name in ("mailsync", "teaminbox"):
+        logging.getLogger(name).handlers.clear()
 
 
 class BeatScheduler(PersistentScheduler):
