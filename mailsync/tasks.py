@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
 from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from mailsync import extract, outbox, runner
@@ -25,17 +26,39 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF = [5, 15, 60, 300]
 
 
-def _retry_on_a_new_connection(task: Task[Any, Any], exc: Exception) -> NoReturn:
+# How often a sync task that found its folder busy asks again (see _retry_when_free).
+BUSY_RETRIES = 2
+
+
+def _retry_on_a_new_connection(task: Task[Any, Any], exc: Exception) -> None:
     """A lost database connection is transient, as a server outage is: the task again,
     later. The broken connection is closed first (Django would otherwise hand the next
     task in this process the same dead socket). Anything else is raised as it is."""
     if not runner.lost_database_connection(exc):
         raise exc
     connection.close()
-    log.warning("%s: the database connection was lost; retrying", task.name)
+    log_state_change(
+        log, _what(task), "no-database", "%s: lost the database connection; retrying", _what(task)
+    )
     attempt = task.request.retries
-    countdown = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
-    raise task.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF))
+    if attempt >= len(RETRY_BACKOFF):
+        return
+    raise task.retry(exc=exc, countdown=RETRY_BACKOFF[attempt], max_retries=len(RETRY_BACKOFF))
+
+
+def _retry_when_free(task: Task[Any, Any], folders: QuerySet[Folder]) -> None:
+    """Another worker holds a folder this task was to sync. It may be dead: a worker killed
+    mid-sync has its task redelivered (CELERY_TASK_REJECT_ON_WORKER_LOST), and the copy
+    finds the dead worker's lease. Ask again a second after the lease runs out unless its
+    heartbeat renews it: a dead holder's folder is taken over then, about 30 s after the
+    death, not at beat's next sync. A live holder renews it; after BUSY_RETRIES the task
+    ends (the holder's sync covers it, and beat's sync comes within a minute)."""
+    now = timezone.now()
+    expiries = [e for e in folders.values_list("lease_expires_at", flat=True) if e is not None]
+    if not expiries or task.request.retries >= BUSY_RETRIES:
+        return
+    countdown = max(1.0, (max(expiries) - now).total_seconds() + 1)
+    raise task.retry(countdown=countdown, max_retries=BUSY_RETRIES)
 
 
 def _what(task: Task[Any, Any]) -> str:
@@ -78,9 +101,12 @@ def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
         return
     except Exception as exc:
         _retry_on_a_new_connection(self, exc)
+        return
     _working_again(self)
     # Not the folders another worker is filling: that worker queues their rows.
     enqueue_extraction(mailbox, skip_folders=result.busy_folders)
+    if result.busy_folders:
+        _retry_when_free(self, mailbox.folders.filter(name__in=result.busy_folders))
 
 
 @shared_task(bind=True, name="mailsync.sync_folder", acks_late=True)
@@ -91,6 +117,7 @@ def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
         _working_again(self)
     except FolderBusy:
         log.info("folder %s is already being synced", folder_id)
+        _retry_when_free(self, Folder.objects.filter(pk=folder_id))
     except Folder.DoesNotExist:
         return
     except MailError as exc:

@@ -104,12 +104,51 @@ def test_beats_sync_of_a_mailbox_whose_folder_is_busy_does_not_mark_it_in_step(
     assert shared_mailbox.sync_status == Mailbox.SyncStatus.OK
     mail_user.append(make_mail("While another worker syncs"))
     assert take_folder_lease(inbox(shared_mailbox).pk) is not None  # another worker
+    asked = ask_again_recorder(monkeypatch, tasks.sync_mailbox)
 
-    tasks.sync_mailbox(shared_mailbox.pk)  # what beat's safety net runs every minute
+    with pytest.raises(AskedAgain):
+        tasks.sync_mailbox(shared_mailbox.pk)  # what beat's safety net runs every minute
 
     shared_mailbox.refresh_from_db()
     assert shared_mailbox.sync_status == Mailbox.SyncStatus.SYNCING
     assert shared_mailbox.last_synced_at == synced_at
+    assert len(asked) == 1  # once the folder may be free
+
+
+class AskedAgain(Exception):
+    """What a task's ``retry`` raises in these tests (Celery's would run it again)."""
+
+
+def ask_again_recorder(monkeypatch, task) -> list[dict]:
+    asked: list[dict] = []
+
+    def retry(**options):
+        asked.append(options)
+        raise AskedAgain
+
+    monkeypatch.setattr(task, "retry", retry)
+    return asked
+
+
+def test_a_sync_task_finding_a_dead_workers_lease_asks_again_just_after_it_runs_out(
+    shared_mailbox, mail_user, monkeypatch
+):
+    """A worker killed mid-sync: its task comes back (redelivered) and finds the dead
+    worker's lease. It must not be dropped until beat's next sync."""
+    mail_user.append(make_mail("Waiting"))
+    sync_mailbox(shared_mailbox)
+    folder = inbox(shared_mailbox)
+    assert take_folder_lease(folder.pk) is not None
+    # its heartbeat stopped 25 s ago: 5 s of the lease are left
+    Folder.objects.filter(pk=folder.pk).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=5)
+    )
+    asked = ask_again_recorder(monkeypatch, tasks.sync_folder)
+
+    with pytest.raises(AskedAgain):
+        tasks.sync_folder(folder.pk)
+
+    assert 5 <= asked[0]["countdown"] <= 7
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates PostgreSQL backends")
