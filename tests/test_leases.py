@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import InterfaceError, OperationalError, connection
@@ -119,8 +120,8 @@ class AskedAgain(Exception):
     """What a task's ``retry`` raises in these tests (Celery's would run it again)."""
 
 
-def ask_again_recorder(monkeypatch, task) -> list[dict]:
-    asked: list[dict] = []
+def ask_again_recorder(monkeypatch, task) -> list[dict[str, Any]]:
+    asked: list[dict[str, Any]] = []
 
     def retry(**options):
         asked.append(options)
