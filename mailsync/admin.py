@@ -216,8 +216,40 @@ class ActivityAdmin(ReadOnlyAdmin):
 
 @admin.register(FlagChange)
 class FlagChangeAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "folder", "uid", "flag", "add", "state", "attempts", "last_error"]
-    list_filter = ["state"]
+    """Staff changes on their way to the server. "Failed" (the server refused it) and
+    "Conflict" (another client kept changing the message) are the ones that never got
+    there; the message's history says so too."""
+
+    list_display = [
+        "created_at",
+        "what",
+        "folder",
+        "uid",
+        "subject",
+        "actor",
+        "state",
+        "attempts",
+        "problem",
+    ]
+    list_filter = ["state", "kind", "folder__mailbox"]
+    list_select_related = ["folder__mailbox", "target_folder", "message", "actor"]
+    search_fields = ["message__subject", "last_error"]
+
+    @admin.display(description="Change")
+    def what(self, change: FlagChange) -> str:
+        if change.kind == FlagChange.Kind.MOVE:
+            return f"move to {change.target_folder.name if change.target_folder else '?'}"
+        if change.kind == FlagChange.Kind.EXPUNGE:
+            return "purge"
+        return ("+" if change.add else "-") + change.flag
+
+    @admin.display(description="Message")
+    def subject(self, change: FlagChange) -> str:
+        return Truncator(change.message.subject).chars(60)
+
+    @admin.display(description="Problem")
+    def problem(self, change: FlagChange) -> str:
+        return Truncator(change.last_error).words(24)
 
 
 @admin.register(DeadLetter)

@@ -99,10 +99,10 @@ def _push_one_by_one(imap: ImapSession, folder: Folder, changes: list[FlagChange
         except (ProtocolError, FolderMissing) as exc:
             failed += 1
             if change.attempts >= MAX_ATTEMPTS:
-                FlagChange.objects.filter(pk=change.pk).update(
-                    state=FlagChange.State.FAILED,
-                    done_at=timezone.now(),
-                    last_error=f"the server refused it {change.attempts} times: {exc}"[:1000],
+                _not_applied(
+                    change,
+                    FlagChange.State.FAILED,
+                    f"the server refused it {change.attempts} times: {exc}",
                 )
             else:
                 _back_to_outbox([change], exc)
@@ -244,20 +244,38 @@ def _settle_modified(
                 retry.append(change)
         pending = retry
     for change in pending:
-        FlagChange.objects.filter(pk=change.pk).update(
-            state=FlagChange.State.CONFLICT,
-            done_at=timezone.now(),
-            last_error="another client kept changing this message; the change was not applied",
-        )
-        Activity.objects.create(
-            mailbox_id=change.folder.mailbox_id,
-            message_id=change.message_id,
-            actor_id=change.actor_id,
-            source=Activity.Source.SYSTEM,
-            verb="conflict",
-            detail={"flag": flag, "add": add},
+        _not_applied(
+            change,
+            FlagChange.State.CONFLICT,
+            "another client kept changing this message; the change was not applied",
         )
     return pending
+
+
+NOT_APPLIED_VERBS = {FlagChange.State.FAILED: "push_failed", FlagChange.State.CONFLICT: "conflict"}
+
+
+@transaction.atomic
+def _not_applied(change: FlagChange, state: FlagChange.State, reason: str) -> None:
+    """The outbox gives up on a change: its row says why (the admin's outbox list), and
+    the message's history says so where staff look (the message page)."""
+    FlagChange.objects.filter(pk=change.pk).update(
+        state=state, done_at=timezone.now(), last_error=reason[:1000]
+    )
+    Activity.objects.create(
+        mailbox_id=Folder.objects.values_list("mailbox_id", flat=True).get(pk=change.folder_id),
+        message_id=change.message_id,
+        actor_id=change.actor_id,
+        source=Activity.Source.SYSTEM,
+        verb=NOT_APPLIED_VERBS[state],
+        detail={
+            "flag": change.flag,
+            "add": change.add,
+            "kind": change.kind,
+            "error": reason[:1000],
+        },
+    )
+    log.warning("outbox change %s (uid %s) was not applied: %s", change.pk, change.uid, reason)
 
 
 def _push_move(imap: ImapSession, folder: Folder, change: FlagChange) -> None:
