@@ -3,6 +3,7 @@ sync that loses it (or its database) stops writing and leaves nothing that says 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import timedelta
@@ -12,7 +13,7 @@ import pytest
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-from mailsync import extract, tasks
+from mailsync import extract, runner, tasks
 from mailsync.leases import LeaseLost, take_folder_lease
 from mailsync.models import Folder, Mailbox, Message
 from mailsync.runner import sync_mailbox
@@ -186,6 +187,35 @@ def test_a_lost_database_connection_leaves_neither_a_lease_nor_syncing_behind(
     shared_mailbox.refresh_from_db()
     assert shared_mailbox.sync_status == Mailbox.SyncStatus.OK
     assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="terminates PostgreSQL backends")
+def test_a_sync_task_that_lost_the_database_asks_again_on_a_new_connection(
+    settings, shared_mailbox, mail_user, monkeypatch, request
+):
+    request.addfinalizer(connection.close)
+    settings.SYNC_BATCH_MESSAGES = 5
+    for n in range(20):
+        mail_user.append(make_mail(f"Task cut {n}"))
+    terminated: list[int] = []
+
+    def cut_once(progress):
+        if not terminated:
+            worker = threading.Thread(target=_terminate_other_backends, args=(terminated,))
+            worker.start()
+            worker.join()
+
+    monkeypatch.setattr(
+        runner, "sync_mailbox", functools.partial(sync_mailbox, on_progress=cut_once)
+    )
+    asked = ask_again_recorder(monkeypatch, tasks.sync_mailbox)
+
+    with pytest.raises(AskedAgain):
+        tasks.sync_mailbox(shared_mailbox.pk)
+
+    assert asked[0]["countdown"] == tasks.RETRY_BACKOFF[0]
+    assert connection.connection is None  # the broken one closed: the retry gets a new one
+    assert Mailbox.objects.get(pk=shared_mailbox.pk).sync_status == Mailbox.SyncStatus.ERROR
 
 
 def _terminate_other_backends(terminated: list[int]) -> None:
