@@ -11,6 +11,7 @@ from celery import shared_task
 from celery.app.task import Task
 
 from mailsync.engine.errors import MailError
+from mailsync.outages import OK, log_state_change
 from teaminbox import delivery
 
 log = logging.getLogger(__name__)
@@ -20,12 +21,16 @@ RETRY_BACKOFF = [10, 30, 120, 600, 1800]
 
 @shared_task(bind=True, name="teaminbox.send_outgoing", acks_late=True)
 def send_outgoing(self: Task[Any, Any], outgoing_id: int) -> None:
+    what = f"{self.name}({outgoing_id})"
     try:
         delivery.deliver(outgoing_id)
     except MailError as exc:  # deliver raises only transient errors, after re-queueing
+        # once per outage: Celery's own line per retry is filtered out (teaminbox.celery)
+        log_state_change(log, what, "failing", "%s: %s; retrying until it works", what, exc)
         attempt = self.request.retries
         countdown = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
         raise self.retry(exc=exc, countdown=countdown, max_retries=len(RETRY_BACKOFF)) from exc
+    log_state_change(log, what, OK, "%s: working again", what, level=logging.INFO)
 
 
 @shared_task(name="teaminbox.save_sent_copy", acks_late=True)
