@@ -98,6 +98,17 @@ def release_folder_lease(folder_id: int, token: str) -> None:
     )
 
 
+def abandoned_mailbox_ids() -> list[int]:
+    """Mailboxes with a folder whose lease ran out while still owned: the worker syncing it
+    died (kill -9, a lost machine, its database connection gone for good) unreleased."""
+    return list(
+        Folder.objects.exclude(lease_owner="")
+        .filter(lease_expires_at__lt=timezone.now(), mailbox__is_active=True)
+        .values_list("mailbox_id", flat=True)
+        .distinct()
+    )
+
+
 class FolderLease:
     """A lease this worker holds, kept alive by a heartbeat thread while the sync runs."""
 

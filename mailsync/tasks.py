@@ -17,7 +17,7 @@ from django.utils import timezone
 from mailsync import extract, outbox, runner
 from mailsync.engine.errors import MailError
 from mailsync.enqueue import enqueue_on_commit
-from mailsync.leases import FolderBusy
+from mailsync.leases import FolderBusy, abandoned_mailbox_ids
 from mailsync.models import Folder, Mailbox
 from mailsync.outages import OK, log_state_change
 
@@ -186,6 +186,16 @@ def sync_all_mailboxes() -> None:
             sync_mailbox.delay(mailbox.pk)
         else:
             runner.record_not_synced(mailbox)
+
+
+@shared_task(name="mailsync.resume_abandoned_syncs")
+def resume_abandoned_syncs() -> None:
+    """A sync whose worker died is started again as soon as its lease has run out (within
+    ``SYNC_LEASE_SECONDS`` of the death), not at beat's next safety-net sync: the dead
+    worker's own task comes back only if its worker process survived it. Cheap enough to
+    run every few seconds: one query on the folder table."""
+    for mailbox_id in abandoned_mailbox_ids():
+        sync_mailbox.delay(mailbox_id)
 
 
 def start_mailbox_sync(mailbox_id: int) -> None:

@@ -247,3 +247,30 @@ def test_rows_a_killed_sync_left_without_text_are_queued_by_the_next_sync_of_the
         extract.extract_messages(chunk)
     assert not extract.pending_messages(shared_mailbox).exists()
     assert Message.objects.get(subject="Stored, never queued 1").text_body.strip() == "text 1"
+
+
+def test_a_dead_workers_mailbox_is_synced_again_as_soon_as_its_lease_ran_out(
+    shared_mailbox, mail_user, monkeypatch
+):
+    monkeypatch.setattr(tasks.extract_messages, "delay", lambda ids: None)
+    mail_user.append(make_mail("Before the crash"))
+    sync_mailbox(shared_mailbox)
+    folder = inbox(shared_mailbox)
+    assert take_folder_lease(folder.pk) is not None  # a worker that is then killed
+    mail_user.append(make_mail("During the crash"))
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.sync_mailbox, "delay", queued.append)
+
+    tasks.resume_abandoned_syncs()
+    assert queued == []  # the lease still runs: its holder may be alive
+
+    Folder.objects.filter(pk=folder.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    tasks.resume_abandoned_syncs()
+    assert queued == [shared_mailbox.pk]
+
+    tasks.sync_mailbox(queued[0])
+    assert inbox(shared_mailbox).lease_owner == ""
+    assert Mailbox.objects.get(pk=shared_mailbox.pk).sync_status == Mailbox.SyncStatus.OK
+    assert comparable(app_state(shared_mailbox)) == comparable(server_state(mail_user))
