@@ -18,6 +18,11 @@ to be ours (a flag set by the heartbeat, and the time since the last confirmed r
 if not, it raises ``LeaseLost`` before the statement runs and the sync unwinds. What was
 already committed is safe: each step of a sync is idempotent and the cursor only advances
 after the rows it covers are stored, so the new holder simply carries on from there.
+``LeaseLost`` is a ``FolderBusy``: the mailbox sync lists the folder as busy (the mailbox
+stays "syncing", never "ok"), a sync task asks again later, ``syncmailbox`` says another
+sync holds it. The check runs before each statement, not at COMMIT: a statement started
+while the lease was trusted may still commit, which is why trust ends at 80% of the lease
+period (24 s of 30), before another worker can take it.
 """
 
 from __future__ import annotations
@@ -120,10 +125,6 @@ class FolderLease:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
-
-    @property
-    def lost(self) -> bool:
-        return self._lost.is_set()
 
     def record_progress(self, fetched: int, total: int) -> None:
         """Renew with the fetch progress (after a batch); raises LeaseLost if it is gone."""
