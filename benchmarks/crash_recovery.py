@@ -175,6 +175,16 @@ class Database:
             mailbox,
         )
 
+    def lease_expires(self, mailbox: str) -> float | None:
+        """When the INBOX's lease runs out (epoch seconds), None when nobody holds it."""
+        row = self.conn.execute(
+            """SELECT extract(epoch FROM f.lease_expires_at) FROM mailsync_folder f
+               JOIN mailsync_mailbox b ON f.mailbox_id = b.id
+               WHERE b.name = %s AND f.name = 'INBOX' AND f.lease_owner <> ''""",
+            (mailbox,),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def status(self, mailbox: str) -> str:
         row = self.conn.execute(
             "SELECT sync_status FROM mailsync_mailbox WHERE name = %s", (mailbox,)
@@ -465,6 +475,9 @@ def bench_sync_crash(
         raise BenchmarkError("A: no worker holds a connection to Dovecot mid-sync")
     t_kill = kill_worker(victim)
     listed_at_kill, extracted_at_kill = db.mirror(name)
+    # The dead worker's lease: renewed no more, so the folder is free from then on.
+    expires = db.lease_expires(name)
+    lease_free = None if expires is None else max(0.0, expires - t_kill)
     survivors = [w for w in workers if w is not victim]
     say(f"A: killed {victim.name} with {listed_at_kill} of {total} listed; waiting")
 
@@ -494,6 +507,7 @@ def bench_sync_crash(
         "listed_at_kill": listed_at_kill,
         "extracted_at_kill": extracted_at_kill,
         "killed": victim.name,
+        "lease_free_s": lease_free,
         "resumed_s": resumed,
         "listed_s": listed_all,
         "complete_s": done,
@@ -511,7 +525,11 @@ def bench_sync_crash(
             results.verdict("A", done, TARGET_SYNC_S),
         ),
         Row(f"   listed / extracted when killed: {listed_at_kill} / {extracted_at_kill}"),
-        Row(f"   listing resumed after the kill: {seconds(resumed, args.recovery_timeout)}"),
+        Row(
+            "   the dead worker's lease ran out: "
+            + ("not held" if lease_free is None else f"{lease_free:.1f} s")
+            + f"; listing resumed: {seconds(resumed, args.recovery_timeout)}"
+        ),
         Row(f"   all {total} listed: {seconds(listed_all, args.recovery_timeout)}"),
         Row(f"   at the end: {listed} listed, {extracted} with text; export compared {exports}x"),
         Row("   mailbox status: " + ", ".join(f"{e} at {t:+.1f} s" for t, e in timeline.events)),
