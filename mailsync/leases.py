@@ -4,10 +4,10 @@ A plain ``UPDATE ... WHERE lease_expires_at IS NULL OR lease_expires_at < now`` 
 on SQLite and PostgreSQL alike (no ``SELECT FOR UPDATE``, which SQLite lacks), and a lease
 that a crashed worker never released simply expires.
 
-The lease is short (``SYNC_LEASE_SECONDS``, 30 s) and kept alive by a heartbeat: a daemon
+The lease is short (``SYNC_LEASE_SECONDS``, 20 s) and kept alive by a heartbeat: a daemon
 thread renews it every sixth of that, whatever the sync is doing (a 60 MB message is one
 batch and may take minutes), on its own database connection. So a folder whose worker died
-(kill -9, a lost machine, a lost database connection) is free again within about 30 s.
+(kill -9, a lost machine, a lost database connection) is free again within about 20 s.
 
 If a renewal finds the lease gone (the heartbeat could not renew it in time, e.g. the
 process was stopped or the database unreachable, and another worker took the expired
@@ -46,7 +46,7 @@ from mailsync.models import Folder
 
 log = logging.getLogger(__name__)
 
-# The heartbeat renews this often per lease period: 5 s for a 30 s lease.
+# The heartbeat renews this often per lease period: every 3.3 s for a 20 s lease.
 BEATS_PER_LEASE = 6
 # Without a confirmed renewal for this share of the lease period, the lease may be about to
 # run out (the renewal itself can be seconds late): stop writing before it does.

@@ -169,6 +169,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "mailsync.sweep_flag_outbox",
         "schedule": timedelta(seconds=OUTBOX_SWEEP_SECONDS),
     },
+    # A worker that died mid-sync: its folder's lease runs out within SYNC_LEASE_SECONDS and
+    # this starts the sync again at once, instead of at the next safety-net sync.
+    "resume-abandoned-syncs": {
+        "task": "mailsync.resume_abandoned_syncs",
+        "schedule": timedelta(seconds=5),
+    },
 }
 
 # Sync tuning
@@ -178,7 +184,7 @@ SYNC_BATCH_MESSAGES = envint("SYNC_BATCH_MESSAGES", 500, minimum=1)
 SYNC_BATCH_BYTES = envint("SYNC_BATCH_BYTES", 20 * 1024 * 1024, minimum=1024)
 # A folder's sync lease, renewed by a heartbeat every sixth of it (mailsync/leases.py): a
 # crashed worker's folder is free again after this long.
-SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 30, minimum=10)
+SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 20, minimum=10)
 IMAP_TIMEOUT_SECONDS = envint("IMAP_TIMEOUT_SECONDS", 60, minimum=1)
 # Capabilities to disregard, for a server whose CONDSTORE/QRESYNC is known to be broken.
 IMAP_IGNORE_CAPABILITIES = envlist("IMAP_IGNORE_CAPABILITIES", [])
