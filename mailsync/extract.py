@@ -133,7 +133,7 @@ def _write_extracted(group: list[tuple[Message, ParsedMessage]]) -> int:
                     message=message,
                     blob_id=_digest(part.payload),
                     filename=clean_text(part.filename)[:255],
-                    content_type=part.content_type[:255],
+                    content_type=clean_text(part.content_type)[:255],
                     content_id=clean_text(part.content_id)[:255],
                     inline=part.inline,
                     size=len(part.payload),

@@ -42,6 +42,7 @@ from mailsync.engine.mime_headers import (
     _unstructured,
     _unsurrogate,
     decode_words,
+    more_addresses_than_listed,
     sanitize_filename,
 )
 from mailsync.engine.mime_large import LARGE_PARSE, parse_large
@@ -86,18 +87,21 @@ __all__ = [
 
 
 def fallback_message(raw: bytes, reason: str) -> ParsedMessage:
-    """The message as raw text with a notice: what is shown when parsing failed."""
+    """The message as raw text with a notice: what is shown when parsing failed. The envelope
+    comes from the header block alone (``parse_envelope``), which is nearly always readable
+    when the body is not (1,000 nested multiparts): the list still shows who sent what."""
     text = _clean_body(mime_charsets.decode_8bit(raw[:10_000_000]))
+    envelope = parse_envelope(raw)
     return ParsedMessage(
-        subject="",
-        sender=None,
-        to=(),
-        cc=(),
+        subject=envelope.subject,
+        sender=envelope.sender,
+        to=envelope.to,
+        cc=envelope.cc,
         reply_to=(),
-        date=None,
-        message_id="",
-        in_reply_to="",
-        references=(),
+        date=envelope.date,
+        message_id=envelope.message_id,
+        in_reply_to=envelope.in_reply_to,
+        references=envelope.references,
         text=text,
         html="",
         attachments=(),
@@ -148,13 +152,23 @@ def _has_huge_mime_header(raw: bytes) -> bool:
     return False
 
 
-def _parse(raw: bytes) -> ParsedMessage:
+_SIMPLER_MODE_AFTER_ERROR = (
+    "A header of the message could not be read by the standard parser; "
+    "it was read in a simpler mode."
+)
+
+
+def _parse(raw: bytes, *, simple: bool = False) -> ParsedMessage:
     notices: list[str] = []
-    if _has_huge_mime_header(raw):
+    if simple or _has_huge_mime_header(raw):
         # compat32 splits parameters simply (linear time); every header is then decoded by our own
         # fallback path, since compat32 returns plain strings.
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-        notices.append("The message has an oversized MIME header; it was read in a simpler mode.")
+        notices.append(
+            _SIMPLER_MODE_AFTER_ERROR
+            if simple
+            else "The message has an oversized MIME header; it was read in a simpler mode."
+        )
     else:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
     hint = _charset_hint(msg)
@@ -198,11 +212,18 @@ def _parse(raw: bytes) -> ParsedMessage:
         text = html_to_text(html)
     references = _msgids(" ".join(_raw_headers(msg, "references")))
     in_reply_to = _msgids(_raw_header(msg, "in-reply-to"))
+    to, cc = _addresses(msg, "to", hint), _addresses(msg, "cc", hint)
+    for label, listed in (("To", to), ("Cc", cc)):
+        if more_addresses_than_listed(msg, label.lower(), len(listed)):
+            notices.append(
+                f"The {label} header lists more than {len(listed)} addresses; "
+                f"only the first {len(listed)} are shown."
+            )
     return ParsedMessage(
         subject=subject,
         sender=senders[0] if senders else None,
-        to=_addresses(msg, "to", hint),
-        cc=_addresses(msg, "cc", hint),
+        to=to,
+        cc=cc,
         reply_to=_addresses(msg, "reply-to", hint),
         date=_date(msg),
         message_id=_message_id(msg),
@@ -233,6 +254,15 @@ def parse_message(raw: bytes) -> ParsedMessage:
 def _parse_or_fallback(data: bytes) -> ParsedMessage:
     try:
         return _parse(data)
+    except RecursionError:
+        return fallback_message(data, "it is nested too deeply")
+    except Exception:
+        # The stdlib's policy.default header parser raises IndexError on some damaged
+        # parameters (``name*0*="us-ascii'en'`` cut short, a CR inside ``charset*=``), even
+        # from inside message_from_bytes: compat32 reads them as plain strings.
+        pass
+    try:
+        return _parse(data, simple=True)
     except RecursionError:
         return fallback_message(data, "it is nested too deeply")
     except Exception as exc:  # the contract is: never raise

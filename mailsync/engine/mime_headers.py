@@ -325,6 +325,19 @@ _ANGLE_ADDR = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
 _BARE_ADDR = re.compile(r"[^\s<>\"(),;:]+@[^\s<>\"(),;:]+")
 
 
+# Addresses kept from one header too long for getaddresses (a mass mailing's To of thousands):
+# the parse says in a notice that there were more (``more_addresses_than_listed``).
+MAX_LISTED_ADDRESSES = 500
+
+
+def more_addresses_than_listed(msg: email.message.Message, name: str, listed: int) -> bool:
+    """True if the ``name`` headers hold more addresses than the ``listed`` ones kept (by their
+    commas: a display name's quoted comma can only make this say so too early, never miss)."""
+    if listed < MAX_LISTED_ADDRESSES:
+        return False
+    return sum(raw.count(",") for raw in _raw_headers_s(msg, name)) >= listed
+
+
 def _split_list(raw: str) -> list[str]:
     """Split an address list on commas outside quotes and angle brackets (no recursion)."""
     chunks: list[str] = []
@@ -344,7 +357,7 @@ def _split_list(raw: str) -> list[str]:
             continue
         current.append(ch)
     chunks.append("".join(current))
-    return [c for c in (c.strip() for c in chunks) if c][:500]
+    return [c for c in (c.strip() for c in chunks) if c][:MAX_LISTED_ADDRESSES]
 
 
 def _split_address(chunk: str) -> tuple[str, str]:
@@ -432,9 +445,14 @@ def _param(view: email.message.Message, name: str, header: str) -> str:
     return decode_words(_unsurrogate(str(text)))
 
 
+# Never part of a MIME type (RFC 2045 tokens): a NUL or space the stdlib keeps from a damaged
+# header ("Content-Type:\x00 image/png") would make the type unusable and unstorable.
+_NOT_IN_CTYPE = re.compile(r"[\x00-\x20\x7f]+")
+
+
 def _content_type(view: email.message.Message) -> str:
     try:
-        ctype = view.get_content_type().lower()
+        ctype = _NOT_IN_CTYPE.sub("", view.get_content_type().lower())
     except Exception:
         return "text/plain"
     if "/" not in ctype:
