@@ -44,6 +44,7 @@ from mailsync.engine.compose import (
     OutgoingAttachment as MailAttachment,
 )
 from mailsync.engine.mime import ParsedAddress, ParsedMessage, html_to_text, parse_message
+from mailsync.enqueue import publish_now
 from mailsync.ingest import store_blobs
 from mailsync.models import Activity, Mailbox, Message
 from teaminbox.models import OutgoingAttachment, OutgoingMessage
@@ -349,12 +350,11 @@ def retry_outgoing(*, outgoing: OutgoingMessage, actor: Actor) -> OutgoingMessag
 
 
 def enqueue_delivery(outgoing_id: int) -> None:
+    """One quick try (``publish_now``): the row is queued in the database already, so a
+    broker that is down never makes the person wait; ``sweep_outgoing`` enqueues it later."""
     from teaminbox.tasks import send_outgoing
 
-    try:
-        send_outgoing.delay(outgoing_id)
-    except Exception:
-        log.warning("could not enqueue delivery of %s; the sweeper will", outgoing_id)
+    publish_now(send_outgoing, outgoing_id)
 
 
 # -- helpers -----------------------------------------------------------------------------

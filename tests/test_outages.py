@@ -91,6 +91,26 @@ def test_staff_actions_do_not_wait_for_a_broker_that_is_down(
     assert "cannot reach the broker" in warnings[0].getMessage()
 
 
+def test_a_reply_sent_while_the_broker_is_down_does_not_wait_for_it(
+    shared_mailbox, mail_user, bob, broker, django_capture_on_commit_callbacks
+):
+    from teaminbox import replies
+    from teaminbox.models import OutgoingMessage
+
+    message = synced_message(shared_mailbox, mail_user)
+    draft = replies.start_reply(message=message, kind="reply", actor=bob)
+    import_module("kombu.transport.redis")
+    broker.down()
+
+    started = time.monotonic()
+    with django_capture_on_commit_callbacks(execute=True) as enqueued:
+        replies.send_reply(draft=draft, actor=bob)
+    assert time.monotonic() - started < 0.2
+    assert len(enqueued) == 1  # it tried the broker
+    draft.refresh_from_db()
+    assert draft.state == OutgoingMessage.State.QUEUED  # the sweeper sends it later
+
+
 def test_beat_says_once_that_the_broker_is_down_and_once_that_it_is_back(broker, caplog, tmp_path):
     caplog.set_level(logging.INFO)
     scheduler = BeatScheduler(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
