@@ -7,7 +7,7 @@ search text are extracted afterwards (``mailsync.extract``), in parallel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,17 +21,34 @@ from django.db.models import (
     Field,
     ForeignKey,
     Model,
+    Q,
+    TextField,
     Value,
     When,
 )
-from django.db.models.functions import Greatest
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from mailsync.conversations import (
+    facts_of,
+    insert_thread_references,
+    lock_threading,
+    merge_conversations,
+    related_stored_messages,
+)
 from mailsync.engine.flags import split_flags
 from mailsync.engine.imap import FetchedMessage
 from mailsync.engine.mime import ParsedEnvelope, parse_envelope
-from mailsync.models import Blob, BlobChunk, Conversation, Folder, Message
+from mailsync.engine.threader import link
+from mailsync.models import (
+    Blob,
+    BlobChunk,
+    Conversation,
+    Folder,
+    Mailbox,
+    Message,
+)
 
 
 def clean_text(text: str) -> str:
@@ -99,28 +116,34 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
     with transaction.atomic():
         commit_without_waiting_for_disk()
         store_blobs({p.digest: p.fetched.raw for p in pending})
-        _thread(folder, pending)
-        insert_rows([p.message for p in pending])
+        references = _thread(folder, pending)
+        messages = [p.message for p in pending]
+        _insert_with_pks(messages)
+        insert_thread_references(
+            folder.mailbox_id,
+            [(m.pk, r) for m, refs in zip(messages, references, strict=True) for r in refs],
+        )
     return len(pending)
 
 
-def _create_conversations(conversations: list[Conversation]) -> None:
-    """INSERT new conversations with their primary keys set, since the messages inserted
-    next point at them. On PostgreSQL the keys are taken from the sequence in one query and
-    the rows sent by COPY (a bulk INSERT ... RETURNING of thousands of rows cost more)."""
-    if not conversations:
+def _insert_with_pks(rows: Sequence[Model]) -> None:
+    """INSERT rows of one model with their primary keys set, since rows inserted next
+    point at them. On PostgreSQL the keys are taken from the sequence in one query and the
+    rows sent by COPY (a bulk INSERT ... RETURNING of thousands of rows cost more)."""
+    if not rows:
         return
+    model = type(rows[0])
     if connection.vendor != "postgresql":
-        Conversation.objects.bulk_create(conversations)
+        model._default_manager.bulk_create(rows)  # (sets the keys on SQLite too)
         return
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            [Conversation._meta.db_table, len(conversations)],
+            [model._meta.db_table, len(rows)],
         )
-        for conversation, (pk,) in zip(conversations, cursor.fetchall(), strict=True):
-            conversation.pk = pk
-    insert_rows(conversations, with_pk=True)
+        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
+            row.pk = pk
+    insert_rows(rows, with_pk=True)
 
 
 def commit_without_waiting_for_disk() -> None:
@@ -257,91 +280,88 @@ _COPY_TYPES = {
 }
 
 
-def _first_conversations(
-    column: str, values: Sequence[str], folder_ids: set[int]
-) -> dict[str, int]:
-    """value of ``column`` -> conversation of the oldest message in these folders having it.
-
-    Looked up by the indexed column alone and checked against the mailbox here: joined to
-    the folder, the planner walked every row of the folder for each batch, which made a
-    large initial sync quadratic. On PostgreSQL the values go as one array parameter:
-    Django's ``__in`` spent more time expanding a thousand placeholders than the database
-    spent answering."""
-    if not values:
-        return {}
-    if connection.vendor == "postgresql":
-        table = Message._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT {column}, conversation_id, folder_id FROM {table} "
-                f"WHERE {column} = ANY(%s) AND conversation_id IS NOT NULL ORDER BY id",
-                [list(values)],
-            )
-            rows = cursor.fetchall()
-    else:
-        rows = list(
-            Message.objects.filter(**{f"{column}__in": values, "conversation__isnull": False})
-            .order_by("id")
-            .values_list(column, "conversation_id", "folder_id")
-        )
-    found: dict[str, int] = {}
-    for value, conversation_id, folder_id in rows:
-        if folder_id in folder_ids:
-            found.setdefault(value, conversation_id)
-    return found
-
-
-def _thread(folder: Folder, pending: list[_Pending]) -> None:
-    """Give each message its conversation: by the References/In-Reply-To chain, else by the
-    same bytes seen elsewhere in the mailbox (another folder, an earlier UIDVALIDITY), else
-    a new one. Messages of the same batch thread onto each other."""
-    wanted_ids = {
-        i
-        for p in pending
-        for i in (*p.envelope.references, p.envelope.in_reply_to, p.envelope.message_id)
-        if i
-    }
+def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
+    """Give each message its conversation (``mailsync.engine.threader`` has the rules):
+    the stored conversation it links to, else a new one; stored conversations it links
+    together are merged. Messages of the same batch thread onto each other. Returns the
+    ids each message names, for the ThreadReference rows."""
+    lock_threading(folder.mailbox_id)
+    address = Mailbox.objects.filter(pk=folder.mailbox_id).values_list("email_address")
+    own = [a for (a,) in address if a]
+    new = [facts_of(p.message, index, own) for index, p in enumerate(pending)]
+    for fact, p in zip(new, pending, strict=True):
+        p.message.thread_topic = fact.topic
+    by_key: dict[Hashable, Message] = {f.key: p.message for f, p in zip(new, pending, strict=True)}
     folder_ids = set(
         Folder.objects.filter(mailbox_id=folder.mailbox_id).values_list("pk", flat=True)
     )
-    by_message_id = _first_conversations("message_id", sorted(wanted_ids), folder_ids)
-    by_digest = _first_conversations("blob_id", [p.digest for p in pending], folder_ids)
-    new_conversations: dict[str, Conversation] = {}
-    touched: dict[int, datetime] = {}
-    fresh: list[Conversation] = []
-    joining: list[tuple[Message, Conversation]] = []  # rows waiting for a new conversation
-    for p in pending:
-        chain = [*p.envelope.references, p.envelope.in_reply_to, p.envelope.message_id]
-        when = p.message.date or timezone.now()
-        existing = next((by_message_id[i] for i in chain if i in by_message_id), None)
-        if existing is None:
-            existing = by_digest.get(p.digest)
-        if existing is not None:
-            p.message.conversation_id = existing
-            touched[existing] = max(when, touched.get(existing, when))
+    stored = related_stored_messages(
+        folder.mailbox_id,
+        folder_ids,
+        ids=sorted({i for f in new for i in (f.message_id, *f.references) if i}),
+        digests=[f.digest for f in new],
+        topics=sorted({f.topic for f in new if f.topic}),
+    )
+    known = [facts_of(m, ("stored", m.id), own) for m in stored]
+    fresh: list[tuple[Conversation, list[Message]]] = []
+    touched: dict[int, list[Message]] = {}
+    for group in link(new, known):
+        members = [by_key[key] for key in group.new]
+        if group.survivor is None:
+            fresh.append((Conversation(mailbox_id=folder.mailbox_id), members))
             continue
-        conversation = next((new_conversations[i] for i in chain if i in new_conversations), None)
-        if conversation is None:
-            conversation = Conversation(
-                mailbox_id=folder.mailbox_id, subject=p.message.subject[:1000]
-            )
-            fresh.append(conversation)
-        if conversation.last_message_at is None or conversation.last_message_at < when:
-            conversation.last_message_at = when
-        joining.append((p.message, conversation))
-        for i in chain:
-            if i:
-                new_conversations.setdefault(i, conversation)
-    _create_conversations(fresh)
-    for message, conversation in joining:  # (the COPY reads the id, not the object)
-        message.conversation_id = conversation.pk
-    if touched:  # one UPDATE for the batch, never moving a conversation back in time
-        Conversation.objects.filter(pk__in=list(touched)).update(
-            last_message_at=Greatest(
-                F("last_message_at"),
-                Case(
-                    *(When(pk=pk, then=Value(when)) for pk, when in touched.items()),
-                    output_field=DateTimeField(),
-                ),
-            )
-        )
+        merge_conversations(survivor_id=group.survivor, merged_ids=group.merged)
+        touched[group.survivor] = members
+    for conversation, members in fresh:
+        first = min(members, key=_when)
+        conversation.subject = first.subject[:1000]
+        conversation.first_message_at = _when(first)
+        conversation.last_message_at = max(_when(m) for m in members)
+    _insert_with_pks([c for c, _ in fresh])
+    for conversation, members in fresh:  # (the COPY reads the id, not the object)
+        for message in members:
+            message.conversation_id = conversation.pk
+    for pk, members in touched.items():
+        for message in members:
+            message.conversation_id = pk
+    _extend_conversations(touched)
+    return [f.references for f in new]
+
+
+def _when(message: Message) -> datetime:
+    return message.date or timezone.now()
+
+
+def _extend_conversations(joined: dict[int, list[Message]]) -> None:
+    """Stored conversations that new messages joined now span them, and take the subject of
+    a message older than their first: one UPDATE for the batch."""
+    if not joined:
+        return
+    spans = {}
+    for pk, members in joined.items():
+        first = min(members, key=_when)
+        spans[pk] = (_when(first), first.subject[:1000], max(_when(m) for m in members))
+    Conversation.objects.filter(pk__in=list(spans)).update(
+        subject=Case(
+            *(
+                When(
+                    Q(pk=pk) & (Q(first_message_at__isnull=True) | Q(first_message_at__gt=first)),
+                    then=Value(subject),
+                )
+                for pk, (first, subject, _) in spans.items()
+            ),
+            default=F("subject"),
+            output_field=TextField(),
+        ),
+        first_message_at=Least(Coalesce(F("first_message_at"), _by_pk(spans, 0)), _by_pk(spans, 0)),
+        last_message_at=Greatest(  # never moving a conversation back in time
+            Coalesce(F("last_message_at"), _by_pk(spans, 2)), _by_pk(spans, 2)
+        ),
+    )
+
+
+def _by_pk(spans: dict[int, tuple[datetime, str, datetime]], position: int) -> Case:
+    return Case(
+        *(When(pk=pk, then=Value(span[position])) for pk, span in spans.items()),
+        output_field=DateTimeField(),
+    )

@@ -222,9 +222,33 @@ class BlobChunk(models.Model):
 
 
 class Conversation(models.Model):
+    """Messages that belong together (``mailsync.engine.threader`` says which), across the
+    mailbox's mirrored folders.
+
+    Identity survives merges: when a later message shows that two conversations are one,
+    the one with the lower id (known longest: its URL, its assignee, its history) absorbs
+    the other, which is kept with ``merged_into`` set so its old URL redirects
+    (``mailsync.conversations.merge_conversations``).
+
+    The team's state about a conversation follows a merge without mailsync importing
+    teaminbox (ARCHITECTURE: ``mailsync`` never imports ``teaminbox``):
+
+    * single values (assignee, status, snooze) are fields of this model, owned by mailsync,
+      and the merge combines them here: the survivor keeps what it has and takes what it
+      lacks from the merged one;
+    * rows about a conversation (notes, tags, history) point at it with a foreign key,
+      from whichever app: the merge moves every row of every model with a foreign key to
+      ``Conversation``, found through Django's model registry, not by import. A model whose
+      rows are unique per conversation (a one-to-one) keeps the survivor's row.
+    """
+
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="conversations")
-    subject = models.TextField(blank=True)
+    subject = models.TextField(blank=True)  # of its earliest message
+    first_message_at = models.DateTimeField(null=True, blank=True)
     last_message_at = models.DateTimeField(null=True, blank=True)
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -269,6 +293,9 @@ class Message(models.Model):
     conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
     )
+    # customer address and normalized subject, "" for mail from the mailbox itself: the
+    # last-resort threading key (mailsync.engine.threader, rule 5)
+    thread_topic = models.TextField(blank=True)
     # Delete in "trash" mode: where a pending MOVE takes it (hidden from its folder until
     # then), and where it came from (so undo can move it back).
     moving_to = models.ForeignKey(
@@ -291,6 +318,9 @@ class Message(models.Model):
                 fields=["folder", "-date"],
                 condition=Q(expunged_at__isnull=True),
                 name="message_live_by_date",
+            ),
+            models.Index(
+                fields=["thread_topic"], condition=~Q(thread_topic=""), name="message_topic"
             ),
         ]
 
@@ -321,6 +351,22 @@ class Message(models.Model):
         if self.from_name and self.from_address:
             return f"{self.from_name} <{self.from_address}>"
         return self.from_name or self.from_address
+
+
+class ThreadReference(models.Model):
+    """An id a message names in its thread headers (References, else In-Reply-To), so the
+    message is found when the one it names arrives later: a first sync goes newest first
+    and stores replies before their parents."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="+", db_index=False)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="thread_references")
+    reference = models.TextField()
+
+    class Meta:
+        indexes = [models.Index(fields=["mailbox", "reference"], name="threadreference_lookup")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} names {self.reference}"
 
 
 class Attachment(models.Model):
@@ -411,6 +457,10 @@ class Activity(models.Model):
     message = models.ForeignKey(
         Message, null=True, blank=True, on_delete=models.CASCADE, related_name="activities"
     )
+    # history of the conversation itself (a merge; assignments to come): moved by a merge
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.CASCADE, related_name="activities"
+    )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -445,6 +495,9 @@ class Activity(models.Model):
             return "flags changed: " + "; ".join(parts)
         if self.verb == "expunged":
             return f"removed from {detail.get('folder', 'the folder')}"
+        if self.verb == "conversations_merged":
+            merged = ", ".join(f"#{pk}" for pk in detail.get("merged", []))
+            return f"a new message joined conversation {merged} to this one"
         if self.verb == "sync_failed":
             return f"sync failed: {detail.get('error', '')}"
         return self.verb.replace("_", " ")

@@ -1,0 +1,269 @@
+"""Conversations on the Django side: what threading looks up, and merges.
+
+The rules are in ``mailsync.engine.threader`` (pure, tested without a database); this
+module gives them the stored messages a new batch could link to, and carries out what
+they decide. Ingest calls it once per batch, inside the batch's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from django.db import connection, transaction
+from django.db.models import ForeignObjectRel, Max, Min, Model, Q
+
+from mailsync.engine.threader import (
+    ThreadFacts,
+    addresses_in,
+    normalize_subject,
+    thread_references,
+    topic_for,
+)
+from mailsync.models import Activity, Conversation, Message, ThreadReference
+
+# pg_advisory_xact_lock's first key: "threading of mailbox <second key>"
+_THREADING_LOCK = 0x7468
+
+
+def lock_threading(mailbox_id: int) -> None:
+    """Until this transaction ends, no other batch threads mail of this mailbox: two
+    folders synced at once (INBOX and Sent) would each miss the other's uncommitted
+    messages and start two conversations where there is one. Readers are not blocked."""
+    if connection.vendor == "postgresql":  # SQLite runs one writing transaction at a time
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_THREADING_LOCK, mailbox_id])
+
+
+class MessageFields(Protocol):
+    """The fields of a message row that threading reads (a ``Message`` has them)."""
+
+    message_id: str
+    in_reply_to: str
+    references: Any
+    subject: str
+    from_address: str
+    to_display: str
+    cc_display: str
+    date: datetime | None
+    blob_id: str
+    conversation_id: int | None
+
+
+def facts_of(message: MessageFields, key: Hashable, own_addresses: Iterable[str]) -> ThreadFacts:
+    """What threading needs of a message row (stored or about to be)."""
+    subject_key = normalize_subject(message.subject)
+    return ThreadFacts(
+        key=key,
+        message_id=message.message_id,
+        references=thread_references(message.references, message.in_reply_to, message.message_id),
+        subject_key=subject_key,
+        sender=message.from_address.lower(),
+        participants=addresses_in(message.from_address, message.to_display, message.cc_display),
+        topic=topic_for(message.from_address, subject_key, own_addresses),
+        date=message.date,
+        digest=str(message.blob_id),
+        conversation=message.conversation_id,
+    )
+
+
+@dataclass
+class StoredMessage:
+    """A stored message as threading reads it (a model instance costs ten times more)."""
+
+    id: int
+    conversation_id: int | None
+    folder_id: int
+    message_id: str
+    in_reply_to: str
+    references: list[str]
+    subject: str
+    from_address: str
+    to_display: str
+    cc_display: str
+    date: datetime | None
+    blob_id: str
+
+
+_FACT_FIELDS = [
+    "id",
+    "conversation_id",
+    "folder_id",
+    "message_id",
+    "in_reply_to",
+    "references",
+    "subject",
+    "from_address",
+    "to_display",
+    "cc_display",
+    "date",
+    "blob_id",
+]
+
+
+def related_stored_messages(
+    mailbox_id: int,
+    folder_ids: set[int],
+    *,
+    ids: Sequence[str],
+    digests: Sequence[str],
+    topics: Sequence[str],
+) -> list[StoredMessage]:
+    """Stored messages of the mailbox that have one of these Message-IDs, name one of them
+    in their thread headers, have one of these digests or topics: every message a rule
+    could link to the batch. One query; on PostgreSQL with array parameters, which cost
+    less than Django's expansion of a thousand placeholders."""
+    if connection.vendor == "postgresql":
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(c) for c in _FACT_FIELDS)
+        with connection.cursor() as cursor:
+            # Two queries: with the subquery among the ORs the planner scans every message.
+            cursor.execute(
+                "SELECT message_id FROM mailsync_threadreference"
+                " WHERE mailbox_id = %s AND reference = ANY(%s)",
+                [mailbox_id, list(ids)],
+            )
+            naming = [pk for (pk,) in cursor]
+            cursor.execute(
+                f"SELECT {columns} FROM mailsync_message WHERE conversation_id IS NOT NULL AND ("
+                " message_id = ANY(%(ids)s) OR blob_id = ANY(%(digests)s) OR id = ANY(%(naming)s)"
+                " OR (thread_topic = ANY(%(topics)s) AND thread_topic <> ''))",
+                {
+                    "ids": list(ids),
+                    "digests": list(digests),
+                    "topics": list(topics),
+                    "naming": naming,
+                },
+            )
+            rows = [StoredMessage(*row) for row in cursor]
+        for row in rows:  # Django leaves jsonb as text for JSONField to decode
+            if isinstance(row.references, str):
+                row.references = json.loads(row.references)
+    else:
+        named = ThreadReference.objects.filter(mailbox_id=mailbox_id, reference__in=ids)
+        rows = [
+            StoredMessage(*row)
+            for row in Message.objects.filter(conversation__isnull=False)
+            .filter(
+                Q(message_id__in=ids)
+                | Q(blob_id__in=digests)
+                | Q(thread_topic__in=[t for t in topics if t])
+                | Q(pk__in=named.values("message_id"))
+            )
+            .values_list(*_FACT_FIELDS)
+        ]
+    return [m for m in rows if m.folder_id in folder_ids]
+
+
+def insert_thread_references(mailbox_id: int, references: Sequence[tuple[int, str]]) -> None:
+    """(message pk, id it names) rows; by COPY on PostgreSQL, as ingest stores messages."""
+    if not references:
+        return
+    if connection.vendor != "postgresql":
+        ThreadReference.objects.bulk_create(
+            ThreadReference(mailbox_id=mailbox_id, message_id=pk, reference=r)
+            for pk, r in references
+        )
+        return
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(
+            "COPY mailsync_threadreference (mailbox_id, message_id, reference)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["int8", "int8", "text"])
+        for pk, reference in references:
+            copy.write_row((mailbox_id, pk, reference))
+
+
+@transaction.atomic
+def merge_conversations(*, survivor_id: int, merged_ids: Sequence[int]) -> None:
+    """Make ``merged_ids`` part of ``survivor_id``: their messages and everything keyed on
+    them move over (see ``Conversation``), the survivor spans all their dates and takes
+    the subject of the earliest, and each merged one is kept pointing at the survivor, so
+    its URL redirects; earlier redirects to them now point at the survivor too."""
+    merged_ids = [pk for pk in merged_ids if pk != survivor_id]
+    if not merged_ids:
+        return
+    conversations = {
+        c.pk: c
+        for c in Conversation.objects.select_for_update().filter(pk__in=[survivor_id, *merged_ids])
+    }
+    survivor = conversations[survivor_id]
+    merged = [conversations[pk] for pk in merged_ids if pk in conversations]
+    Message.objects.filter(conversation__in=merged_ids).update(conversation=survivor)
+    for relation in _rows_about_a_conversation():
+        _move(relation, survivor, merged_ids)
+    Conversation.objects.filter(merged_into__in=merged_ids).update(merged_into=survivor)
+    Conversation.objects.filter(pk__in=merged_ids).update(merged_into=survivor)
+
+    spans = Message.objects.filter(conversation=survivor).aggregate(
+        first=Min("date"), last=Max("date")
+    )
+    earliest = min(
+        [survivor, *merged], key=lambda c: (c.first_message_at is None, c.first_message_at, c.pk)
+    )
+    survivor.subject = earliest.subject
+    survivor.first_message_at = _earliest(spans["first"], survivor.first_message_at)
+    survivor.last_message_at = _latest(spans["last"], *(c.last_message_at for c in merged))
+    survivor.save(update_fields=["subject", "first_message_at", "last_message_at"])
+    Activity.objects.create(
+        mailbox_id=survivor.mailbox_id,
+        conversation=survivor,
+        source=Activity.Source.SYSTEM,
+        verb="conversations_merged",
+        detail={"merged": sorted(merged_ids)},
+    )
+
+
+def _rows_about_a_conversation() -> list[ForeignObjectRel]:
+    """Every relation pointing at Conversation, from any installed app, except the two
+    the merge handles itself (messages, redirects)."""
+    return [
+        relation
+        for relation in Conversation._meta.get_fields(include_hidden=True)
+        if isinstance(relation, ForeignObjectRel)
+        and relation.field.model is not Conversation
+        and relation.field is not Message._meta.get_field("conversation")
+    ]
+
+
+def _move(relation: ForeignObjectRel, survivor: Conversation, merged_ids: Sequence[int]) -> None:
+    model: type[Model] = relation.related_model  # type: ignore[assignment]
+    field = relation.field.name
+    rows = model._default_manager.filter(**{f"{field}__in": merged_ids})
+    if relation.one_to_one:  # one row per conversation: the survivor's stays
+        if model._default_manager.filter(**{field: survivor}).exists():
+            return
+        rows = rows.order_by("pk")[:1]
+        model._default_manager.filter(pk__in=list(rows.values_list("pk", flat=True))).update(
+            **{field: survivor}
+        )
+        return
+    rows.update(**{field: survivor})
+
+
+def _earliest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _latest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def resolve(conversation: Conversation) -> Conversation:
+    """The conversation a (possibly merged) one lives on as."""
+    seen = {conversation.pk}
+    while conversation.merged_into_id is not None and conversation.merged_into_id not in seen:
+        seen.add(conversation.merged_into_id)
+        following = Conversation.objects.filter(pk=conversation.merged_into_id).first()
+        if following is None:
+            break
+        conversation = following
+    return conversation
