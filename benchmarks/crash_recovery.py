@@ -482,7 +482,7 @@ def bench_sync_crash(
     say(f"A: killed {victim.name} with {listed_at_kill} of {total} listed; waiting")
 
     timeline = Timeline(t_kill)
-    resumed = listed_all = done = None
+    resumed = listed_all = extracted_all = done = None
     bound = time.monotonic() + args.recovery_timeout
     exports = 0
     while time.monotonic() < bound:
@@ -493,6 +493,8 @@ def bench_sync_crash(
             resumed = now - t_kill
         if listed_all is None and listed >= total:
             listed_all = now - t_kill
+        if extracted_all is None and extracted >= total:
+            extracted_all = now - t_kill
         if listed >= total and extracted >= total:
             exports += 1
             export = comparable(parse_export(manage(env, "exportmailbox", name)))
@@ -510,6 +512,7 @@ def bench_sync_crash(
         "lease_free_s": lease_free,
         "resumed_s": resumed,
         "listed_s": listed_all,
+        "extracted_s": extracted_all,
         "complete_s": done,
         "exports_compared": exports,
         "listed_at_end": listed,
@@ -530,7 +533,10 @@ def bench_sync_crash(
             + ("not held" if lease_free is None else f"{lease_free:.1f} s")
             + f"; listing resumed: {seconds(resumed, args.recovery_timeout)}"
         ),
-        Row(f"   all {total} listed: {seconds(listed_all, args.recovery_timeout)}"),
+        Row(
+            f"   all {total} listed: {seconds(listed_all, args.recovery_timeout)}; all with "
+            f"text: {seconds(extracted_all, args.recovery_timeout)}"
+        ),
         Row(f"   at the end: {listed} listed, {extracted} with text; export compared {exports}x"),
         Row("   mailbox status: " + ", ".join(f"{e} at {t:+.1f} s" for t, e in timeline.events)),
     ]
