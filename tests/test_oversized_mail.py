@@ -219,6 +219,10 @@ def test_it_lists_the_first_500_of_10_000_recipients_and_says_so(inbox, bob_clie
     to = message.message.to_display.split(", ")
     assert len(to) == 500 and to[0] == "Person 0 <p0@example.org>"
     assert message.message.cc_display.split(", ")[-1] == "c499@example.org"
+    assert sorted(message.message.parse_notices) == [
+        "The Cc header lists more than 500 addresses; only the first 500 are shown.",
+        "The To header lists more than 500 addresses; only the first 500 are shown.",
+    ]
 
 
 def test_it_keeps_the_sender_and_subject_of_a_message_nested_too_deeply(inbox, bob_client, caplog):
