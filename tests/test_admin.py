@@ -67,7 +67,7 @@ def test_an_admin_adds_a_mailbox_and_its_first_sync_runs(admin_client, mail_user
     assert b'value="INBOX, Archive"' in edit_page.content
     sync_mailbox(mailbox)
     assert mailbox.folders.get(name="INBOX").messages.count() == 1
-    from teaminbox.replies import team_name
+    from teaminbox.services.outgoing import team_name
 
     assert team_name(mailbox) == "Acme Sales"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from teaminbox import delivery, replies
+from teaminbox import delivery
+from teaminbox.services import outgoing as replies
 from tests.support.mail import receive
 from tests.support.smtp import QUIET_AUTH_WARNING, SMTP_PASSWORD, SMTP_USER, smtp_server
 from tests.test_sent_copy import ORIGINAL, imap_unreachable

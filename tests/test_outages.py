@@ -94,8 +94,8 @@ def test_staff_actions_do_not_wait_for_a_broker_that_is_down(
 def test_a_reply_sent_while_the_broker_is_down_does_not_wait_for_it(
     shared_mailbox, mail_user, bob, broker, django_capture_on_commit_callbacks
 ):
-    from teaminbox import replies
     from teaminbox.models import OutgoingMessage
+    from teaminbox.services import outgoing as replies
 
     message = synced_message(shared_mailbox, mail_user)
     draft = replies.start_reply(message=message, kind="reply", actor=bob)

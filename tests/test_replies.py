@@ -15,8 +15,9 @@ from django.utils import timezone
 from mailsync.engine.flags import ANSWERED, SEEN
 from mailsync.models import Activity, Message
 from mailsync.runner import push_folder_changes
-from teaminbox import delivery, replies
+from teaminbox import delivery
 from teaminbox.models import Membership, OutgoingMessage
+from teaminbox.services import outgoing as replies
 from teaminbox.tasks import send_outgoing
 from tests.support.mail import INVOICE_WITH_ATTACHMENT, client_for, receive
 from tests.support.personas import PASSWORD

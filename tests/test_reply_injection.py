@@ -22,8 +22,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from mailsync.engine.compose import parse_address_list
-from teaminbox import delivery, replies
+from teaminbox import delivery
 from teaminbox.models import OutgoingMessage
+from teaminbox.services import outgoing as replies
 from tests.support.mail import client_for, receive
 from tests.support.smtp import QUIET_AUTH_WARNING, SMTP_PASSWORD, SMTP_USER, smtp_server
 

@@ -15,9 +15,10 @@ from django.utils import timezone
 
 from mailsync.engine.flags import SEEN
 from mailsync.models import Activity
-from teaminbox import delivery, replies
+from teaminbox import delivery
 from teaminbox.celery import app
 from teaminbox.models import Membership, OutgoingMessage
+from teaminbox.services import outgoing as replies
 from teaminbox.tasks import sweep_outgoing
 from tests.support.mail import client_for, receive
 from tests.support.personas import PASSWORD

@@ -15,10 +15,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from mailsync.models import Mailbox
-from teaminbox import replies
 from teaminbox.models import Membership, OutgoingMessage
 from teaminbox.queries import get_mailbox_for, get_message_for, role_in
-from teaminbox.replies import NotADraft, ReplyInvalid
+from teaminbox.services import outgoing as outgoing_mail
+from teaminbox.services.outgoing import NotADraft, ReplyInvalid
 from teaminbox.views.types import HtmxHttpRequest
 
 REPLY_KINDS = {
@@ -43,7 +43,9 @@ class ComposeForm(forms.Form):
     )
 
     def values(self) -> dict[str, str]:
-        return {name: str(self.cleaned_data.get(name) or "") for name in replies.EDITABLE_FIELDS}
+        return {
+            name: str(self.cleaned_data.get(name) or "") for name in outgoing_mail.EDITABLE_FIELDS
+        }
 
 
 def _can_act(request: HtmxHttpRequest, mailbox: Mailbox) -> bool:
@@ -86,7 +88,7 @@ def reply(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpRespon
         return HttpResponseBadRequest(
             "Unknown kind: use reply, reply_all or forward.", content_type="text/plain"
         )
-    draft = replies.open_reply(message=message, kind=kind, actor=request.user)
+    draft = outgoing_mail.open_reply(message=message, kind=kind, actor=request.user)
     return redirect("compose", mailbox=box.name, outgoing_id=draft.pk)
 
 
@@ -116,7 +118,7 @@ def compose(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpRes
                 return response
         outgoing.refresh_from_db()
     else:
-        form = ComposeForm(initial={n: getattr(outgoing, n) for n in replies.EDITABLE_FIELDS})
+        form = ComposeForm(initial={n: getattr(outgoing, n) for n in outgoing_mail.EDITABLE_FIELDS})
     for field, text in errors.items():
         form.add_error(None if field not in form.fields else field, text)
     context = {
@@ -124,7 +126,7 @@ def compose(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpRes
         "draft": outgoing,
         "original": outgoing.in_reply_to,
         "form": form,
-        "sender": f"{replies.team_name(box)} <{box.email_address}>",
+        "sender": f"{outgoing_mail.team_name(box)} <{box.email_address}>",
         "max_recipients": settings.MAX_RECIPIENTS,
     }
     invalid = bool(errors or form.errors)
@@ -135,12 +137,12 @@ def _handle_post(
     request: HtmxHttpRequest, box: Mailbox, outgoing: OutgoingMessage, form: ComposeForm
 ) -> HttpResponse:
     if "discard" in request.POST:
-        replies.discard_draft(draft=outgoing, actor=request.user)
+        outgoing_mail.discard_draft(draft=outgoing, actor=request.user)
         messages.info(request, "Draft discarded.")
         return _back_to(outgoing)
-    draft = replies.save_draft(draft=outgoing, actor=request.user, **form.values())
+    draft = outgoing_mail.save_draft(draft=outgoing, actor=request.user, **form.values())
     for upload in request.FILES.getlist("files"):
-        replies.add_attachment(
+        outgoing_mail.add_attachment(
             draft=draft,
             filename=upload.name or "attachment.bin",
             content_type=upload.content_type or "application/octet-stream",
@@ -149,10 +151,10 @@ def _handle_post(
         )
     remove = form.cleaned_data.get("remove_attachment")
     if remove is not None:
-        replies.remove_attachment(draft=draft, attachment_id=remove, actor=request.user)
+        outgoing_mail.remove_attachment(draft=draft, attachment_id=remove, actor=request.user)
     if "send" not in request.POST:
         return redirect("compose", mailbox=box.name, outgoing_id=draft.pk)
-    replies.send_reply(draft=draft, actor=request.user)
+    outgoing_mail.send_reply(draft=draft, actor=request.user)
     messages.success(request, "Reply queued." if draft.in_reply_to_id else "Message queued.")
     return _back_to(draft)
 
@@ -173,7 +175,7 @@ def draft_save(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> Http
         notice = "Not saved: " + "; ".join(str(e) for errs in form.errors.values() for e in errs)
     else:
         try:
-            outgoing = replies.save_draft(draft=outgoing, actor=request.user, **form.values())
+            outgoing = outgoing_mail.save_draft(draft=outgoing, actor=request.user, **form.values())
         except NotADraft:
             notice = "Already sent; changes here are not saved."
     if not request.htmx:
@@ -194,7 +196,7 @@ def outgoing_retry(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> 
         return _forbidden()
     outgoing = _get_outgoing_for(box, outgoing_id)
     try:
-        replies.retry_outgoing(outgoing=outgoing, actor=request.user)
+        outgoing_mail.retry_outgoing(outgoing=outgoing, actor=request.user)
     except NotADraft as exc:
         messages.info(request, str(exc))
     else:

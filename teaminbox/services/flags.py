@@ -1,26 +1,17 @@
-"""Every staff write with side effects: keyword-only functions, one transaction each.
-
-Views call these and never save domain models themselves. Work for the mail server is
-enqueued on commit, so a rolled-back action never reaches the server, and the outbox row
-written in the same transaction means a lost task only delays the change: the enqueue
-never waits for a broker that is down (``mailsync.enqueue``), the outbox sweeper catches up.
-"""
+"""Flags, delete, restore and purge of a message, as a person does them in the app:
+the local state at once, an outbox row for the server, history, a push on commit."""
 
 from __future__ import annotations
 
 import re
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
 from mailsync.engine.flags import DELETED, SEEN, SYSTEM_FLAGS
 from mailsync.enqueue import enqueue_on_commit
 from mailsync.models import Activity, FlagChange, Folder, Mailbox, Message
 from mailsync.tasks import push_flag_changes
-from teaminbox.models import Membership
-
-Actor = AbstractBaseUser | AnonymousUser | None
-
+from teaminbox.services.access import Actor, actor_id_of
 
 # An IMAP keyword is an atom: no space, control character or atom-special (RFC 3501 §9)
 KEYWORD = re.compile(r"[^\x00-\x20\x7f(){%*\"\\\]]{1,64}")
@@ -28,12 +19,6 @@ KEYWORD = re.compile(r"[^\x00-\x20\x7f(){%*\"\\\]]{1,64}")
 
 class ActionRefused(Exception):
     """The action cannot be done in the message's current state; str() says why."""
-
-
-def actor_id_of(actor: Actor) -> int | None:
-    if actor is None or not actor.is_authenticated:
-        return None
-    return int(actor.pk)
 
 
 def act_on_message(*, message: Message, action: str, actor: Actor) -> None:
@@ -178,22 +163,3 @@ def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]
         verb=verb,
         detail=detail,
     )
-
-
-@transaction.atomic
-def set_membership(
-    *, user: AbstractBaseUser, mailbox: Mailbox, role: str, actor: Actor
-) -> Membership:
-    if role not in Membership.Role.values:
-        raise ValueError(f"unknown role {role!r}")
-    membership, created = Membership.objects.update_or_create(
-        user=user, mailbox=mailbox, defaults={"role": role}
-    )
-    Activity.objects.create(
-        mailbox=mailbox,
-        actor_id=actor_id_of(actor),
-        source=Activity.Source.APP if actor is not None else Activity.Source.SYSTEM,
-        verb="member_added" if created else "member_role_changed",
-        detail={"user": user.get_username(), "role": role},
-    )
-    return membership

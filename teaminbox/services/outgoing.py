@@ -1,7 +1,9 @@
-"""Replies from the app: drafts, checking them, and queueing them for delivery.
+"""Outgoing mail from the app: drafts (reply, reply all, forward), checking them, queueing
+them for delivery, and a person's retry.
 
-Writes are keyword-only services under ``@transaction.atomic`` (like ``services.py``);
-``teaminbox.delivery`` is the worker side and talks to the network outside any transaction.
+Keyword-only services under ``@transaction.atomic``; ``teaminbox.delivery`` is the worker
+side (SMTP, the copy in Sent) and talks to the network outside any transaction; the text a
+draft starts with is ``mailsync.engine.reply_text``.
 
 Sent at most once. ``send_reply`` builds the exact bytes and fixes the Message-ID when the
 row is queued; ``delivery.deliver`` claims the row with one conditional UPDATE (queued ->
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import make_msgid
 
@@ -34,7 +35,6 @@ from mailsync.engine.compose import (
     forward_subject,
     one_line,
     parse_address_list,
-    quote_body,
     references_for,
     reply_subject,
     unique_recipients,
@@ -43,12 +43,14 @@ from mailsync.engine.compose import (
 from mailsync.engine.compose import (
     OutgoingAttachment as MailAttachment,
 )
-from mailsync.engine.mime import ParsedAddress, ParsedMessage, html_to_text, parse_message
+from mailsync.engine.mime import ParsedMessage, parse_message
+from mailsync.engine.reply_text import forward_body, quoted_reply, reply_recipients
 from mailsync.enqueue import publish_now
 from mailsync.ingest import store_blobs
 from mailsync.models import Activity, Mailbox, Message
 from teaminbox.models import OutgoingAttachment, OutgoingMessage
-from teaminbox.services import Actor, actor_id_of
+from teaminbox.services.access import Actor, actor_id_of
+from teaminbox.tasks import send_outgoing
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +99,22 @@ def start_reply(*, message: Message, kind: str, actor: Actor) -> OutgoingMessage
         raise ValueError(f"not a reply kind: {kind!r}")
     mailbox = message.folder.mailbox
     parsed = parse_message(message.blob.read())
-    own = shared_addresses(mailbox)
     to: tuple[Recipient, ...] = ()
     cc: tuple[Recipient, ...] = ()
+    when = parsed.date or message.date
+    local = timezone.localtime(when) if when and timezone.is_aware(when) else when
     if kind == OutgoingMessage.Kind.FORWARD:
         subject = forward_subject(parsed.subject or message.subject)
-        body = _forward_body(message, parsed)
+        body = forward_body(parsed, subject=parsed.subject or message.subject, when=local)
     else:
-        sender = parsed.sender
-        targets = _recipients(parsed.reply_to) or _recipients([sender] if sender else [])
-        if sender and sender.address.lower() in own and not parsed.reply_to:
-            # our own sent message: a reply goes to whoever it was sent to
-            targets = _recipients(parsed.to)
-        to = unique_recipients(targets, exclude=own)
-        if kind == OutgoingMessage.Kind.REPLY_ALL:
-            others = _recipients([*parsed.to, *parsed.cc])
-            cc = unique_recipients(others, exclude=own | {r.address.lower() for r in to})
+        to, cc = reply_recipients(
+            parsed,
+            own=shared_addresses(mailbox),
+            reply_all=kind == OutgoingMessage.Kind.REPLY_ALL,
+        )
         subject = reply_subject(parsed.subject or message.subject)
-        body = quote_body(_original_text(parsed), attribution=_attribution(message, parsed))
+        sender = parsed.sender.display() if parsed.sender else (message.sender_display or "")
+        body = quoted_reply(parsed, sender=sender or "someone", when=local)
     draft = OutgoingMessage.objects.create(
         mailbox=mailbox,
         in_reply_to=message,
@@ -352,8 +352,6 @@ def retry_outgoing(*, outgoing: OutgoingMessage, actor: Actor) -> OutgoingMessag
 def enqueue_delivery(outgoing_id: int) -> None:
     """One quick try (``publish_now``): the row is queued in the database already, so a
     broker that is down never makes the person wait; ``sweep_outgoing`` enqueues it later."""
-    from teaminbox.tasks import send_outgoing
-
     publish_now(send_outgoing, outgoing_id)
 
 
@@ -369,44 +367,6 @@ def _lock_draft(draft: OutgoingMessage) -> OutgoingMessage:
     if locked.state != OutgoingMessage.State.DRAFT:
         raise NotADraft(f"this message is {locked.get_state_display().lower()}, not a draft")
     return locked
-
-
-def _recipients(addresses: Iterable[ParsedAddress | None]) -> tuple[Recipient, ...]:
-    found: list[Recipient] = []
-    for item in addresses:
-        if item is not None and item.address:
-            found.append(Recipient(name=one_line(item.name), address=item.address.strip()))
-    return tuple(found)
-
-
-def _original_text(parsed: ParsedMessage) -> str:
-    return parsed.text or (html_to_text(parsed.html) if parsed.html else "")
-
-
-def _attribution(message: Message, parsed: ParsedMessage) -> str:
-    sender = parsed.sender.display() if parsed.sender else (message.sender_display or "someone")
-    when = parsed.date or message.date
-    if when is None:
-        return f"{one_line(sender)} wrote:"
-    local = timezone.localtime(when) if timezone.is_aware(when) else when
-    return f"On {local:%a, %d %b %Y at %H:%M}, {one_line(sender)} wrote:"
-
-
-def _forward_body(message: Message, parsed: ParsedMessage) -> str:
-    lines = ["", "", "---------- Forwarded message ----------"]
-    if parsed.sender:
-        lines.append(f"From: {one_line(parsed.sender.display())}")
-    when = parsed.date or message.date
-    if when is not None:
-        local = timezone.localtime(when) if timezone.is_aware(when) else when
-        lines.append(f"Date: {local:%a, %d %b %Y at %H:%M}")
-    lines.append(f"Subject: {one_line(parsed.subject or message.subject)}")
-    if parsed.to:
-        lines.append("To: " + one_line(", ".join(a.display() for a in parsed.to)))
-    if parsed.cc:
-        lines.append("Cc: " + one_line(", ".join(a.display() for a in parsed.cc)))
-    lines.append("")
-    return "\n".join(lines) + "\n" + _original_text(parsed).rstrip("\n") + "\n"
 
 
 def _copy_original_attachments(

@@ -1,0 +1,41 @@
+"""Every staff write with side effects: keyword-only functions, one transaction each, one
+module per noun (``flags``, ``memberships``, ``outgoing``); ``access`` says who acts.
+
+Views call these and never save domain models themselves. Work for the mail server is
+enqueued on commit, so a rolled-back action never reaches the server, and the outbox row
+written in the same transaction means a lost task only delays the change: the enqueue
+never waits for a broker that is down (``mailsync.enqueue``), the outbox sweeper catches up.
+
+The flag and membership services are re-exported here (``from teaminbox.services import
+set_flag``). ``outgoing`` is not: it enqueues ``teaminbox.tasks``, whose worker side
+(``teaminbox.delivery``) uses the flag services, so it is imported by its own name.
+"""
+
+from __future__ import annotations
+
+from teaminbox.services.access import Actor, actor_id_of
+from teaminbox.services.flags import (
+    MESSAGE_ACTIONS,
+    ActionRefused,
+    act_on_message,
+    delete_message,
+    purge_message,
+    restore_message,
+    set_flag,
+    trash_folder,
+)
+from teaminbox.services.memberships import set_membership
+
+__all__ = [
+    "MESSAGE_ACTIONS",
+    "ActionRefused",
+    "Actor",
+    "act_on_message",
+    "actor_id_of",
+    "delete_message",
+    "purge_message",
+    "restore_message",
+    "set_flag",
+    "set_membership",
+    "trash_folder",
+]
