@@ -1,0 +1,42 @@
+"""The chaos scenarios: faults drawn from a printed seed (TEAMINBOX_CHAOS_SEED replays a
+run, TEAMINBOX_CHAOS_SOAK=1 runs the long mode), against servers and processes of the
+test's own. They need PostgreSQL (terminated connections, several processes writing at
+once) and Redis; the SQLite run deselects them by their ``chaos`` marker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tests.support.chaos import OwnRedis, replay_hint
+
+
+@pytest.fixture(autouse=True)
+def postgresql_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the chaos scenarios run on PostgreSQL (scripts/test deselects them here)")
+
+
+@pytest.fixture(autouse=True)
+def printed_seed() -> None:
+    print(replay_hint())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.failed and item.get_closest_marker("chaos"):  # type: ignore[attr-defined]
+        report.sections.append(("chaos seed", replay_hint()))  # type: ignore[attr-defined]
+    return report
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A Redis of the test's own on a free port (the shared one is never stopped)."""
+    redis = OwnRedis(tmp_path / "logs")
+    redis.start()
+    yield redis
+    redis.stop()
