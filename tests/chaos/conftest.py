@@ -40,3 +40,19 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     redis.start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture(autouse=True)
+def app_on_own_redis(own_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What staff actions in this process publish goes to the test's own Redis (where
+    only a worker the test started reads it), not to the shared one."""
+    from teaminbox.celery import app
+    from tests.test_outages import forget_broker_connections
+
+    previous = app.conf.broker_url
+    monkeypatch.setenv("CELERY_BROKER_URL", own_redis.url)
+    app.conf.update(broker_url=own_redis.url)
+    forget_broker_connections()
+    yield
+    app.conf.update(broker_url=previous)
+    forget_broker_connections()

@@ -311,3 +311,91 @@ def assert_mirror_promise(
     assert sending == 0, f"{sending} outgoing messages still 'sending'\n{hint}"
     status = Mailbox.objects.get(pk=mailbox.pk).sync_status
     assert status == Mailbox.SyncStatus.OK, f"the mailbox is {status!r}, not 'ok'\n{hint}"
+
+
+# --- another mail client, busy throughout --------------------------------------------------
+
+
+def mail_of_size(rng: random.Random, subject: str, size: int) -> bytes:
+    """A message of about ``size`` bytes, its bytes drawn from ``rng`` (no two alike)."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = "Customer <customer@example.org>"
+    message["To"] = "support@example.test"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{rng.getrandbits(64):x}@example.org>"
+    message.set_content(f"{subject}: see the attachment.")
+    if size > 2048:
+        message.add_attachment(
+            rng.randbytes(size * 3 // 4), maintype="application", subtype="octet-stream"
+        )
+    return bytes(message)
+
+
+@dataclass
+class OtherClient:
+    """Another mail client (Outlook at a colleague's desk) on its own connections straight
+    to Dovecot: appends, expunges, moves and changes flags, at seeded moments. It leaves
+    alone the messages staff change (``hands_off``), so that each staff change has exactly
+    one right outcome to check; its flags are ones staff do not set."""
+
+    user: Any
+    rng: random.Random
+    sizes: tuple[int, int] = (1024, 64 * 1024)
+    archive: str = "Archive"
+    done: list[str] = field(default_factory=list)
+
+    def act(self, hands_off: Iterable[int] = (), times: int = 4) -> None:
+        inbox = [uid for uid in self.user.uids() if uid not in set(hands_off)]
+        for _ in range(times):
+            action = self.rng.choice(["append", "expunge", "move", "flags", "flags"])
+            if action == "append" or len(inbox) < 3:
+                size = self.rng.randint(*self.sizes)
+                subject = f"From the other client {len(self.done)}"
+                uid = self.user.append(mail_of_size(self.rng, subject, size))
+                self.done.append(f"append {uid} ({size // 1024} KB)")
+                continue
+            uid = self.rng.choice(inbox)
+            inbox.remove(uid)
+            if action == "expunge":
+                self.user.expunge([uid])
+            elif action == "move":
+                with self.user.imap() as client:
+                    client.select_folder("INBOX")
+                    client.move([uid], self.archive)
+            else:
+                flag = self.rng.choice(["\\Seen", "\\Answered", "$Label1"])
+                if flag in self.user.flags().get(uid, set()):
+                    self.user.remove_flags([uid], [flag])
+                    action = f"-{flag}"
+                else:
+                    self.user.add_flags([uid], [flag])
+                    action = f"+{flag}"
+            self.done.append(f"{action} {uid}")
+
+
+def sync_until_in_step(mailbox: Any, *, tries: int = 6) -> list[str]:
+    """Sync in this process as beat would, again after each failure (a sync that fails
+    through a fault is fine; one that never ends in step is not). Returns the failures."""
+    from mailsync.engine.errors import MailError
+    from mailsync.runner import sync_mailbox
+
+    failures: list[str] = []
+    for _ in range(tries):
+        try:
+            sync_mailbox(mailbox)
+        except MailError as exc:
+            failures.append(str(exc))
+            continue
+        return failures
+    raise AssertionError(f"no sync ended in step in {tries} tries: {failures}\n{replay_hint()}")
+
+
+def staff_mailbox(make_mailbox: Callable[..., Any], user: Any, agent: Any, **options: Any) -> Any:
+    """A mailbox on ``user`` with ``agent`` on its team."""
+    from teaminbox.models import Membership
+
+    mailbox = make_mailbox(user, **options)
+    Membership.objects.create(user=agent, mailbox=mailbox, role=Membership.Role.AGENT)
+    return mailbox
