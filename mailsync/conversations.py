@@ -8,7 +8,7 @@ they decide. Ingest calls it once per batch, inside the batch's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -18,7 +18,6 @@ from django.db.models import ForeignObjectRel, Max, Min, Model, Q
 
 from mailsync.engine.threader import (
     ThreadFacts,
-    addresses_in,
     normalize_subject,
     thread_references,
     topic_for,
@@ -53,7 +52,7 @@ class MessageFields(Protocol):
     conversation_id: int | None
 
 
-def facts_of(message: MessageFields, key: Hashable, own_addresses: Iterable[str]) -> ThreadFacts:
+def facts_of(message: MessageFields, key: Hashable, own_addresses: frozenset[str]) -> ThreadFacts:
     """What threading needs of a message row (stored or about to be)."""
     subject_key = normalize_subject(message.subject)
     return ThreadFacts(
@@ -62,7 +61,7 @@ def facts_of(message: MessageFields, key: Hashable, own_addresses: Iterable[str]
         references=thread_references(message.references, message.in_reply_to, message.message_id),
         subject_key=subject_key,
         sender=message.from_address.lower(),
-        participants=addresses_in(message.from_address, message.to_display, message.cc_display),
+        address_lines=f"{message.from_address}, {message.to_display}, {message.cc_display}",
         topic=topic_for(message.from_address, subject_key, own_addresses),
         date=message.date,
         digest=str(message.blob_id),

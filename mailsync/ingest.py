@@ -279,7 +279,7 @@ def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
     ids each message names, for the ThreadReference rows."""
     lock_threading(folder.mailbox_id)
     address = Mailbox.objects.filter(pk=folder.mailbox_id).values_list("email_address")
-    own = [a for (a,) in address if a]
+    own = frozenset(a.lower() for (a,) in address if a)
     new = [facts_of(p.message, index, own) for index, p in enumerate(pending)]
     for fact, p in zip(new, pending, strict=True):
         p.message.thread_topic = fact.topic
@@ -302,7 +302,8 @@ def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
         if group.survivor is None:
             fresh.append((Conversation(mailbox_id=folder.mailbox_id), members))
             continue
-        merge_conversations(survivor_id=group.survivor, merged_ids=group.merged)
+        if group.merged:
+            merge_conversations(survivor_id=group.survivor, merged_ids=group.merged)
         touched[group.survivor] = members
     for conversation, members in fresh:
         first = min(members, key=_when)

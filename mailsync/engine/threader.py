@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 # A customer who writes again about the same thing within a week, without replying to
 # anything, continues the conversation; after that, the same subject is a new question.
@@ -86,11 +87,12 @@ def addresses_in(*displays: str) -> frozenset[str]:
     return frozenset(m.group(0).lower() for text in displays for m in _ADDRESS.finditer(text))
 
 
-def topic_for(sender: str, subject_key: str, own_addresses: Iterable[str]) -> str:
+def topic_for(sender: str, subject_key: str, own_addresses: frozenset[str]) -> str:
     """The subject-fallback key (rule 5): customer and normalized subject; "" when there is
-    no customer (mail from the mailbox's own address, no sender) or no subject."""
+    no customer (mail from the mailbox's own addresses, lowercased; no sender) or no
+    subject."""
     sender = sender.lower()
-    if not sender or not subject_key or sender in {a.lower() for a in own_addresses}:
+    if not sender or not subject_key or sender in own_addresses:
         return ""
     return _fit(f"{sender} {subject_key}")
 
@@ -104,11 +106,16 @@ class ThreadFacts:
     references: tuple[str, ...]  # from ``thread_references``
     subject_key: str  # from ``normalize_subject``
     sender: str  # lowercased address
-    participants: frozenset[str]  # From, To and Cc addresses, lowercased
+    address_lines: str  # From, To and Cc as stored
     topic: str  # from ``topic_for``
     date: datetime | None
     digest: str
     conversation: int | None = None
+
+    @cached_property
+    def participants(self) -> frozenset[str]:
+        """From, To and Cc addresses, lowercased (read only when the subjects differ)."""
+        return addresses_in(self.address_lines)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ def index_stored_mail(apps, schema_editor):
     Conversation = apps.get_model("mailsync", "Conversation")
     ThreadReference = apps.get_model("mailsync", "ThreadReference")
     for mailbox in Mailbox.objects.all():
-        own = [mailbox.email_address] if mailbox.email_address else []
+        own = frozenset([mailbox.email_address.lower()] if mailbox.email_address else [])
         rows = (
             Message.objects.filter(folder__mailbox=mailbox)
             .only("id", "message_id", "in_reply_to", "references", "subject", "from_address")

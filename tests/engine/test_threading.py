@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from mailsync.engine.threader import (
     SUBJECT_WINDOW,
     ThreadFacts,
-    addresses_in,
     link,
     normalize_subject,
     thread_references,
@@ -44,8 +43,8 @@ def mail(
         references=thread_references(list(references), in_reply_to, own_id),
         subject_key=subject_key,
         sender=sender,
-        participants=addresses_in(sender, to),
-        topic=topic_for(sender, subject_key, [SUPPORT]),
+        address_lines=f"{sender}, {to}",
+        topic=topic_for(sender, subject_key, frozenset([SUPPORT])),
         date=T0 + timedelta(hours=hours),
         digest=f"sha-{key}",
     )
