@@ -277,6 +277,22 @@ def test_it_stores_an_attachment_whose_content_type_has_a_nul(inbox, bob_client,
     ]
 
 
+# Found by this fuzzer's charset swap: "unicode_escape" was meant to be refused as a charset
+# but codecs spells it "unicode-escape", so a part could make "\\u0041" read as "A".
+UNICODE_ESCAPE_LABEL = (
+    b"From: a@example.com\nSubject: =?unicode_escape?q?caf\\u00e9?=\n"
+    b"Content-Type: text/plain; charset=unicode_escape\n\nPay to \\u0041CME \\x41G\n"
+)
+
+
+@pytest.mark.django_db
+def test_it_refuses_python_escape_codecs_as_charsets(inbox, bob_client, caplog):
+    message = check_stored_and_rendered(UNICODE_ESCAPE_LABEL, inbox, bob_client, caplog, uid=1)
+    assert message.message.text_body.strip() == "Pay to \\u0041CME \\x41G"
+    assert "café" not in message.message.subject
+    assert any("unknown charset 'unicode_escape'" in n for n in message.message.parse_notices)
+
+
 @pytest.mark.django_db
 @settings(FUZZ, max_examples=STORE_EXAMPLES)
 @given(data=st.data())

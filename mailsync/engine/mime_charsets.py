@@ -132,7 +132,9 @@ def resolve(label: str | None) -> str | None:
         info = codecs.lookup(name)
     except (LookupError, ValueError, TypeError):
         return None
-    if info.name in _REFUSED_CODECS or not getattr(info, "_is_text_encoding", True):
+    # (codecs spells some names with hyphens: "unicode-escape")
+    refused = info.name.replace("-", "_") in _REFUSED_CODECS
+    if refused or not getattr(info, "_is_text_encoding", True):
         return None
     return info.name
 

@@ -199,7 +199,7 @@ def _unstructured(
     if not found:
         return ""
     raw = found[0]
-    if _plain_ascii(raw):
+    if _plain_ascii(raw) and _charsets_we_decode(raw):
         try:
             value = msg.get(name)
             text = str(value) if value is not None else ""
@@ -219,6 +219,14 @@ def _unstructured_compat32(
     if _plain_ascii(raw) and _looks_clean(folded):
         return _clean_header(folded)
     return _decoded_unstructured(raw, name, notices, hint)
+
+
+def _charsets_we_decode(raw: str) -> bool:
+    """True unless an encoded word names a charset ``mime_charsets`` refuses or does not know:
+    the stdlib would decode ``=?unicode_escape?q?\\u0041?=`` with that Python codec ("A")."""
+    if "=?" not in raw:
+        return True
+    return all(mime_charsets.resolve(m.group(1)) for m in _ENCODED_WORD.finditer(raw))
 
 
 def _decoded_unstructured(raw: str, name: str, notices: list[str], hint: str | None) -> str:

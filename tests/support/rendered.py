@@ -135,8 +135,9 @@ def store_fetched(folder: Folder, raw: bytes, *, uid: int) -> Message:
 
 
 def page_problems(client: Client, message: Message) -> list[str]:
-    """GET the message page and its body frame as a logged-in member; every status other
-    than 200, missing body-frame CSP and runnable script, as sentences."""
+    """GET the message page, its body frame and its (first five) attachments as a logged-in
+    member; every status other than 200, missing body-frame CSP and runnable script, as
+    sentences."""
     mailbox = message.folder.mailbox.name
     problems: list[str] = []
     page: Any = client.get(reverse("message", args=[mailbox, message.pk]))
@@ -152,6 +153,13 @@ def page_problems(client: Client, message: Message) -> list[str]:
         if "default-src 'none'" not in csp or "script-src" in csp:
             problems.append(f"body frame without a script-free Content-Security-Policy: {csp!r}")
         problems += [f"frame: {p}" for p in body_problems(frame.content.decode())]
+    for part in message.attachments.order_by("position")[:5]:
+        url = reverse("attachment", args=[mailbox, message.pk, part.pk])
+        download: Any = client.get(url)
+        if download.status_code != 200:
+            problems.append(f"attachment {part.filename!r} answered HTTP {download.status_code}")
+        elif b"".join(download.streaming_content) != part.blob.read():
+            problems.append(f"attachment {part.filename!r} downloads other bytes")
     return problems
 
 
