@@ -231,8 +231,13 @@ def test_a_merge_keeps_state_and_history_and_redirects_the_old_url(
     older, newer = a.conversation, c.conversation
     assert older is not None and newer is not None and older.pk < newer.pk  # two, for now
     set_flag(message=c, flag=SEEN, on=True, actor=bob)
-    Activity.objects.create(  # the team's history of the conversation itself
-        mailbox=shared_mailbox, conversation=newer, actor=bob, source="app", verb="noted"
+    Activity.objects.create(  # history of the conversation itself (its first verbs: issue 12)
+        mailbox=shared_mailbox,
+        conversation=newer,
+        actor=bob,
+        source="app",
+        verb="flag_added",
+        detail={"flag": "\\Flagged"},
     )
     page = reverse("conversation", kwargs={"mailbox": "support", "conversation_id": newer.pk})
     assert "marked it read" in client_for(bob).get(page).content.decode()
@@ -252,8 +257,8 @@ def test_a_merge_keeps_state_and_history_and_redirects_the_old_url(
         "b@example.org",
     ]
     assert c.seen
-    noted = Activity.objects.get(verb="noted")
-    assert noted.conversation_id == older.pk
+    about_the_conversation = Activity.objects.get(message=None, verb="flag_added")
+    assert about_the_conversation.conversation_id == older.pk
     client = client_for(bob)
     response = client.get(page)
     survivor = reverse("conversation", kwargs={"mailbox": "support", "conversation_id": older.pk})
@@ -261,7 +266,7 @@ def test_a_merge_keeps_state_and_history_and_redirects_the_old_url(
     text = client.get(survivor).content.decode()
     assert "3 messages" in text
     assert text.index("body-of-a") < text.index("body-of-b") < text.index("body-of-c")
-    assert "marked it read" in text and "noted" in text
+    assert "marked it read" in text and "flagged it" in text
     assert f"joined conversation #{newer.pk} to this one" in text
     assert client_for(charlie).get(page).status_code == 404
     assert client_for(charlie).get(survivor).status_code == 404
