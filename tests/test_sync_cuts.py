@@ -271,7 +271,7 @@ def test_listings_of_many_messages_pass_a_cut_smaller_than_the_whole_listing(
     all (≈50 KB of flags, or every UID) are asked for in UID ranges (UID SEARCH's here
     made smaller than 1,000), each of which passes a connection cut at 32 KB."""
     settings.IMAP_IGNORE_CAPABILITIES = ignored
-    monkeypatch.setattr("mailsync.engine.imap.SEARCH_RANGE", 200, raising=False)
+    monkeypatch.setattr("mailsync.engine.imap.commands.SEARCH_RANGE", 200)
     mail_user.deliver_bulk(make_mail(f"Bulk {n}", body=f"body {n}") for n in range(1000))
     sync_mailbox(proxied_mailbox, extract=False)
     with mail_user.imap() as client:

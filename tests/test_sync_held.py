@@ -150,7 +150,7 @@ def test_a_kept_connection_that_stopped_answering_is_given_up_within_seconds(
     import signal
     import time
 
-    from mailsync.engine import imap as imap_module
+    from mailsync.engine.imap import news as imap_module
 
     monkeypatch.setattr(imap_module, "ALIVE_TIMEOUT", 0.5)
     mail_user.append(make_mail("One"))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from imapclient.response_parser import gen_parsed_response
 
-from mailsync.engine.imap_fetch import FetchParseError, parse_fetch_responses
+from mailsync.engine.imap.fetch_parser import FetchParseError, parse_fetch_responses
 
 Data = list[Any]
 
@@ -89,7 +89,7 @@ def test_what_it_cannot_read_it_refuses_so_imapclient_takes_over(data: Data) -> 
 
 
 def test_the_session_falls_back_to_imapclient_for_what_ours_refuses() -> None:
-    from mailsync.engine.imap import _fetch_items
+    from mailsync.engine.imap.fetch_parser import fetch_items as _fetch_items
 
     odd: Data = [b"1 (UID 3 X a]b FLAGS (\\Seen))"]  # "]" inside an atom: legal, rare
     with pytest.raises(FetchParseError):
@@ -99,7 +99,7 @@ def test_the_session_falls_back_to_imapclient_for_what_ours_refuses() -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_flat_fast_path_agrees_with_the_tokenizer(name: str) -> None:
-    from mailsync.engine.imap_fetch import _parse_flat, _parse_tokens
+    from mailsync.engine.imap.fetch_parser import _parse_flat, _parse_tokens
 
     try:
         flat = _parse_flat(CASES[name])
@@ -123,7 +123,7 @@ def test_the_flat_fast_path_agrees_with_the_tokenizer(name: str) -> None:
 def test_internaldate_reads_as_strptime_does(text: str) -> None:
     from datetime import datetime
 
-    from mailsync.engine.imap_data import parse_internaldate
+    from mailsync.engine.imap.data import parse_internaldate
 
     try:
         expected: datetime | None = datetime.strptime(text, "%d-%b-%Y %H:%M:%S %z")
