@@ -1,72 +1,32 @@
-"""A typed IMAP session: the only module that imports imapclient.
-
-imapclient returns bytes-keyed dicts and has traps verified against Dovecot (see
-IMAP-NOTES.md §3); this wrapper turns its answers into the engine's dataclasses and its
-exceptions into the engine's typed errors.
-"""
+"""The commands a sync and the outbox send: LIST, STATUS, searches, FETCH in bounded
+windows, STORE, MOVE, EXPUNGE, APPEND. ``ImapSession`` is the engine's whole IMAP API."""
 
 from __future__ import annotations
 
-import contextlib
-import imaplib
 import logging
 import re
-import ssl
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import IMAPClientError, LoginError
-from imapclient.response_parser import gen_parsed_response
-
-from mailsync.engine.accounts import MailAccount
-from mailsync.engine.errors import (
-    AuthenticationFailed,
-    FolderMissing,
-    MailError,
-    ProtocolError,
-    ServerUnreachable,
-    TlsError,
-    describe_os_error,
-    server_sentence,
-    tls_failure,
-)
-from mailsync.engine.flags import normalize_flags
-from mailsync.engine.imap_data import (
+from mailsync.engine.errors import ProtocolError, ServerUnreachable
+from mailsync.engine.imap.connection import text_of
+from mailsync.engine.imap.data import (
     FetchedMessage,
     FlagState,
     FolderStatus,
-    HeldFolderNews,
     RemoteFolder,
-    SelectedFolder,
     copyuid_map,
     format_uid_set,
     parse_internaldate,
     parse_uid_set,
     uid_windows,
 )
-from mailsync.engine.imap_fetch import FetchParseError, parse_fetch_responses
-from mailsync.engine.tls import default_context
+from mailsync.engine.imap.fetch_parser import fetch_items, flag_state
+from mailsync.engine.imap.news import NewsConnection
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-__all__ = [
-    "LARGE_MESSAGE",
-    "FetchedMessage",
-    "FlagState",
-    "FolderStatus",
-    "ImapSession",
-    "RemoteFolder",
-    "SelectedFolder",
-    "parse_uid_set",
-    "uid_ranges",
-    "uid_windows",
-]
 
 # Messages above LARGE_MESSAGE are fetched in LARGE_CHUNK pieces (IMAP-NOTES §1.5).
 LARGE_MESSAGE = 8 * 1024 * 1024
@@ -79,177 +39,15 @@ SMALLEST_PIECE = 4 * 1024
 # FLAGS line, 7 per UID in a SEARCH answer).
 FLAGS_RANGE = 400
 SEARCH_RANGE = 4000
-ALIVE_TIMEOUT = 10.0  # seconds a kept session has to answer its NOOP
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-class ImapSession:
-    """One logged-in IMAP connection. Not thread-safe (neither is imapclient, #334).
+class ImapSession(NewsConnection):
+    """One logged-in IMAP connection and every command the engine sends on it. Not
+    thread-safe (neither is imapclient, #334).
 
     Use as a context manager: ``with ImapSession.open(account) as imap: ...``.
     """
-
-    def __init__(self, client: IMAPClient, capabilities: frozenset[str]) -> None:
-        self._client = client
-        self.capabilities = capabilities
-        self.selected: SelectedFolder | None = None
-        self._reconnect: Callable[[], ImapSession] | None = None
-        # The selected folder, while everything up to its SELECT is stored and no change
-        # the server reported since has gone unread (see ``poll_held``).
-        self._held: str | None = None
-        self._news_dropped = False  # since the last SELECT
-        self._selected_this_loan = False  # see ``current_selection``
-
-    def reopen(self) -> None:
-        """Log in again on a fresh connection and select the same folder: after the
-        server dropped us. Raises ServerUnreachable/AuthenticationFailed if it cannot, and
-        ServerUnreachable if the folder was renumbered meanwhile (its UIDs would name other
-        messages now: the next sync starts over)."""
-        if self._reconnect is None:
-            raise ServerUnreachable("the connection was lost and cannot be reopened")
-        _safe_shutdown(self._client)
-        fresh = self._reconnect()
-        self._client, self.capabilities = fresh._client, fresh.capabilities
-        self._held = None
-        if self.selected is not None:
-            before = self.selected
-            if self._select(before.name).uidvalidity != before.uidvalidity:
-                raise ServerUnreachable(
-                    f"{before.name}: the server renumbered the folder (UIDVALIDITY changed) "
-                    "while we reconnected"
-                )
-
-    def _again_if_cut(self, read: Callable[[], T]) -> T:
-        """A read-only command whose connection was lost is sent once more on a fresh one:
-        a middlebox that cuts each connection after so many bytes cuts the one that carried
-        earlier answers, not this answer (each is bounded, see FLAGS_RANGE). A server that
-        is really gone fails the reconnect."""
-        try:
-            return read()
-        except ServerUnreachable:
-            if self._reconnect is None:
-                raise
-            self.reopen()
-            return read()
-
-    # -- connecting ----------------------------------------------------------------
-
-    @classmethod
-    @contextmanager
-    def open(
-        cls,
-        account: MailAccount,
-        *,
-        timeout: float = 60.0,
-        ssl_context: ssl.SSLContext | None = None,
-        ignore_capabilities: Iterable[str] = (),
-    ) -> Iterator[ImapSession]:
-        session = cls.connect(
-            account,
-            timeout=timeout,
-            ssl_context=ssl_context,
-            ignore_capabilities=ignore_capabilities,
-        )
-        try:
-            yield session
-        finally:
-            session.close()
-
-    @classmethod
-    def connect(
-        cls,
-        account: MailAccount,
-        *,
-        timeout: float = 60.0,
-        ssl_context: ssl.SSLContext | None = None,
-        ignore_capabilities: Iterable[str] = (),
-    ) -> ImapSession:
-        where = f"{account.host}:{account.port}"
-        context = ssl_context or default_context()
-        try:
-            client = IMAPClient(
-                account.host,
-                port=account.port,
-                ssl=account.security == "tls",
-                ssl_context=context,
-                timeout=SocketTimeout(connect=min(15.0, timeout), read=timeout),
-            )
-        except ssl.SSLError as exc:
-            raise tls_failure(where, exc) from exc
-        except (OSError, imaplib.IMAP4.error) as exc:
-            raise ServerUnreachable(f"cannot connect to {where}: {describe_os_error(exc)}") from exc
-        client.normalise_times = False  # keep INTERNALDATE timezone-aware
-        _quiet_imaplib(client)
-        try:
-            if account.security == "starttls":
-                # Never fall back to plaintext: no STARTTLS (or a man in the middle that
-                # stripped it) is a permanent TLS failure, and the password stays unsent.
-                if not client.has_capability("STARTTLS"):
-                    _safe_shutdown(client)
-                    raise TlsError(
-                        f"{where}: the server does not offer STARTTLS; "
-                        "refusing to send the password in clear"
-                    )
-                client.starttls(context)
-            client.login(account.username, account.password)
-        except LoginError as exc:
-            _safe_shutdown(client)
-            raise AuthenticationFailed(
-                f"login refused for {account.username!r} by {where} ({_server_text(exc)}); "
-                "check the user name and password"
-            ) from exc
-        except ssl.SSLError as exc:
-            _safe_shutdown(client)
-            raise tls_failure(where, exc) from exc
-        except (OSError, IMAPClientError) as exc:
-            _safe_shutdown(client)
-            raise ServerUnreachable(
-                f"{where}: connection lost during login ({_server_text(exc)})"
-            ) from exc
-
-        try:
-            # Servers may announce more after authentication (M365 does): ask again.
-            client._cached_capabilities = None
-            ignored = {cap.upper() for cap in ignore_capabilities}
-            capabilities = frozenset(
-                cap
-                for cap in (_text(c).upper() for c in client.capabilities())
-                if cap not in ignored
-            )
-            # ENABLE must precede the first SELECT; with QRESYNC Dovecot also puts the UID
-            # into unsolicited FETCH responses, which keeps them from being mistaken for
-            # answers about another message (IMAP-NOTES §3).
-            if "QRESYNC" in capabilities:
-                client.enable("QRESYNC")
-            elif "CONDSTORE" in capabilities:
-                client.enable("CONDSTORE")
-        except (OSError, IMAPClientError) as exc:
-            _safe_shutdown(client)
-            raise ServerUnreachable(
-                f"{where}: connection lost after login ({_server_text(exc)})"
-            ) from exc
-        session = cls(client, capabilities)
-        session._reconnect = lambda: cls.connect(
-            account,
-            timeout=timeout,
-            ssl_context=ssl_context,
-            ignore_capabilities=ignore_capabilities,
-        )
-        return session
-
-    def close(self) -> None:
-        try:
-            self._client.logout()
-        except Exception:
-            _safe_shutdown(self._client)
-
-    @property
-    def has_condstore(self) -> bool:
-        return "CONDSTORE" in self.capabilities or "QRESYNC" in self.capabilities
 
     # -- folders -------------------------------------------------------------------
 
@@ -261,12 +59,12 @@ class ImapSession:
         rows = self._again_if_cut(ask)
         folders = []
         for flags, _delimiter, name in rows:
-            flag_names = {_text(f) for f in flags}
+            flag_names = {text_of(f) for f in flags}
             lowered = {f.lower() for f in flag_names}
             special = next((s for s in SPECIAL_USES if s.lower() in lowered), "")
             folders.append(
                 RemoteFolder(
-                    name=_text(name),
+                    name=text_of(name),
                     special_use=special,
                     selectable="\\noselect" not in lowered and "\\nonexistent" not in lowered,
                 )
@@ -290,115 +88,6 @@ class ImapSession:
             messages=int(answer[b"MESSAGES"]),
             highestmodseq=int(modseq) if modseq is not None else None,
         )
-
-    def select(self, folder: str) -> SelectedFolder:
-        return self._again_if_cut(partial(self._select, folder))
-
-    def _select(self, folder: str) -> SelectedFolder:
-        with self._guard(f"SELECT {folder}", folder=folder):
-            answer = self._client.select_folder(folder)
-        modseq = answer.get(b"HIGHESTMODSEQ")
-        uidnext = answer.get(b"UIDNEXT")
-        selected = SelectedFolder(
-            name=folder,
-            uidvalidity=int(answer[b"UIDVALIDITY"]),
-            # A server may omit UIDNEXT (RFC 3501 lets it); 0 means "unknown", and the
-            # search for new mail then runs unbounded.
-            uidnext=int(uidnext) if uidnext is not None else 0,
-            exists=int(answer[b"EXISTS"]),
-            highestmodseq=int(modseq) if modseq is not None and self.has_condstore else None,
-            permanent_flags=frozenset(_text(f) for f in answer.get(b"PERMANENTFLAGS", ())),
-        )
-        self.selected = selected
-        self._held = None
-        self._news_dropped = False
-        self._selected_this_loan = True
-        # What SELECT said is in ``selected``: from here on the untagged responses imaplib
-        # collects are the server's news about this folder (see ``poll_held``).
-        self._client._imap.untagged_responses.clear()
-        return selected
-
-    # -- holding a folder between syncs ----------------------------------------------
-
-    def lent_again(self) -> None:
-        """This kept session starts serving a new caller (``mailsync.sessions``)."""
-        self._selected_this_loan = False
-
-    def current_selection(self, folder: str) -> SelectedFolder | None:
-        """The selected folder if it is ``folder`` and was selected for the current caller:
-        a selection kept from an earlier sync may be of a folder deleted and recreated
-        since, and a write must never land there (only ``poll_held`` reads it)."""
-        if self.selected is not None and self.selected.name == folder:
-            return self.selected if self._selected_this_loan else None
-        return None
-
-    def alive(self) -> bool:
-        """A NOOP answered OK on a logged-in connection: a kept session is still usable
-        (the server may have logged it out, or dropped it when its folder was deleted).
-        What the NOOP brings stays collected for ``poll_held``."""
-        imap = self._client._imap
-        if imap.state not in ("AUTH", "SELECTED"):
-            return False
-        # A connection a NAT or firewall forgot never answers: give up after seconds, not
-        # after the full read timeout, and let the caller connect anew.
-        sock = self._client.socket()
-        timeout = sock.gettimeout()
-        try:
-            sock.settimeout(min(ALIVE_TIMEOUT, timeout) if timeout else ALIVE_TIMEOUT)
-            self._noop()
-        except (MailError, OSError):
-            return False
-        finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(timeout)
-        return imap.state in ("AUTH", "SELECTED")
-
-    def hold(self) -> None:
-        """The selected folder is stored as of its SELECT: keep it selected, so the next
-        sync can ask for news with a NOOP instead of opening the folder again (STATUS and
-        SELECT read the folder's whole index: ≈65 ms at 100k messages on Dovecot)."""
-        if self.selected is not None and "QRESYNC" in self.capabilities:
-            # not when a change the server reported since SELECT was dropped unread: it
-            # would never be reported again
-            self._held = None if self._news_dropped else self.selected.name
-
-    def poll_held(self, folder: str) -> HeldFolderNews | None:
-        """NOOP on a held folder and what the server reported since its SELECT; None when
-        ``folder`` is not held (never synced on this connection, selected again since, or
-        a write of ours came between).
-
-        With QRESYNC enabled the server reports every change to the selected folder, by
-        any client: new mail as EXISTS, expunges as VANISHED, flag changes as FETCH with
-        UID and MODSEQ (RFC 7162 §3.2.10). Only flag changes are returned as such; any
-        other news (or a flag change we cannot read) means "changed": sync in full."""
-        if self._held != folder or self.selected is None:
-            return None
-        try:
-            self._noop()
-        except ServerUnreachable:
-            # a kept connection cut since: what it would have told is lost with it
-            self.reopen()
-            return None
-        news = self._client._imap.untagged_responses
-        fetched = news.pop("FETCH", None) or []
-        if any(key in news for key in _FOLDER_NEWS):
-            self._held = None  # the full sync selects the folder again
-            return HeldFolderNews(changed=True)
-        flags: dict[int, FlagState] = {}
-        for items in _fetch_items(fetched):
-            uid = items.get(b"UID")
-            if uid is None or b"FLAGS" not in items:
-                self._held = None
-                return HeldFolderNews(changed=True)
-            flags[int(uid)] = _flag_state(int(uid), items)
-        return HeldFolderNews(changed=False, flags=flags)
-
-    def _noop(self) -> None:
-        """NOOP: the server's news arrive in imaplib's untagged responses."""
-        with self._guard("NOOP"):
-            typ, data = self._client._imap._simple_command("NOOP")
-        if typ != "OK":
-            raise ProtocolError(f"NOOP refused: {_text(data[0]) if data else typ}")
 
     # -- reading -------------------------------------------------------------------
 
@@ -439,17 +128,14 @@ class ImapSession:
         if exists <= per_range:
             return []
         positions = ",".join(str(n) for n in range(per_range + 1, exists + 1, per_range))
-        imap = self._client._imap
 
         def ask() -> list[int]:
             with self._guard("FETCH (UID)"):
-                typ, data = imap._simple_command("FETCH", positions, "(UID)")
+                typ, data = self._wire.command("FETCH", positions, "(UID)")
                 if typ != "OK":
-                    raise ProtocolError(f"FETCH refused: {_text(data[0]) if data else typ}")
-                typ, data = imap._untagged_response(typ, data, "FETCH")
-            if data == [None]:
-                return []
-            return [int(items[b"UID"]) for items in _fetch_items(data) if b"UID" in items]
+                    raise ProtocolError(f"FETCH refused: {text_of(data[0]) if data else typ}")
+                data = self._wire.take("FETCH")
+            return [int(items[b"UID"]) for items in fetch_items(data) if b"UID" in items]
 
         starts = self._again_if_cut(ask)
         self._held, self._news_dropped = None, True  # other clients' news were among them
@@ -461,7 +147,7 @@ class ImapSession:
         for window in uid_windows(sorted(uids), FLAGS_RANGE):
             answer = self._again_if_cut(partial(self._uid_fetch, window, items))
             for uid, data in answer.items():
-                result[uid] = _flag_state(uid, data)
+                result[uid] = flag_state(uid, data)
         return result
 
     def fetch_changes(
@@ -500,8 +186,7 @@ class ImapSession:
     def _changes_in(
         self, low: int, high: int, changedsince: int, vanished: bool
     ) -> tuple[dict[int, FlagState], list[int]]:
-        imap = self._client._imap
-        imap.untagged_responses.pop("VANISHED", None)
+        self._wire.take("VANISHED")
         modifiers = f"CHANGEDSINCE {changedsince}" + (" VANISHED" if vanished else "")
         answer = self._uid_fetch(
             f"{low}:{high}",
@@ -510,14 +195,14 @@ class ImapSession:
             accept=lambda uid: low <= uid <= high,
         )
         gone: list[int] = []
-        for line in imap.untagged_responses.pop("VANISHED", None) or []:
-            text = _text(line).strip()
+        for line in self._wire.take("VANISHED"):
+            text = text_of(line).strip()
             if text.upper().startswith("(EARLIER)"):
                 text = text[len("(EARLIER)") :].strip()
             else:  # news of an expunge after SELECT, perhaps of a UID filtered out below
                 self._held, self._news_dropped = None, True
             gone.extend(uid for uid in parse_uid_set(text) if low <= uid <= high)
-        changes = {uid: _flag_state(uid, data) for uid, data in answer.items()}
+        changes = {uid: flag_state(uid, data) for uid, data in answer.items()}
         return changes, sorted(set(gone))
 
     def all_uids(self) -> list[int]:
@@ -557,7 +242,7 @@ class ImapSession:
             if raw is None:
                 continue
             raw_bytes = bytes(raw)
-            state = _flag_state(uid, data)
+            state = flag_state(uid, data)
             internaldate = data.get(b"INTERNALDATE")
             messages.append(
                 FetchedMessage(
@@ -628,7 +313,7 @@ class ImapSession:
             if len(chunk) < piece:
                 break
         del buffer[offset:]  # the server over-announced: keep what it sent
-        state = _flag_state(uid, head[uid])
+        state = flag_state(uid, head[uid])
         internaldate = head[uid].get(b"INTERNALDATE")
         return FetchedMessage(
             uid=uid,
@@ -656,17 +341,19 @@ class ImapSession:
         imapclient has no UNCHANGEDSINCE, so the command is sent raw (IMAP-NOTES §3).
         """
         modified: list[int] = []
-        imap = self._client._imap
         self._held = None  # its FETCH answers are dropped below, other clients' news with them
         item = ("+" if add else "-") + "FLAGS.SILENT"
         flag_list = "(" + " ".join(flags) + ")"
         for window in uid_windows(sorted(uids)):
-            imap.untagged_responses.pop("MODIFIED", None)
+            self._wire.take("MODIFIED")
             with self._guard("UID STORE"):
                 if unchangedsince is None or not self.has_condstore:
-                    typ, data = imap.uid("STORE", format_uid_set(window), item, flag_list)
+                    typ, data = self._wire.command(
+                        "UID", "STORE", format_uid_set(window), item, flag_list
+                    )
                 else:
-                    typ, data = imap.uid(
+                    typ, data = self._wire.command(
+                        "UID",
                         "STORE",
                         format_uid_set(window),
                         f"(UNCHANGEDSINCE {unchangedsince})",
@@ -674,11 +361,11 @@ class ImapSession:
                         flag_list,
                     )
             if typ != "OK":
-                raise ProtocolError(f"UID STORE refused: {_text(data[0]) if data else typ}")
-            for line in imap.untagged_responses.pop("MODIFIED", None) or []:
-                modified.extend(parse_uid_set(_text(line)))
+                raise ProtocolError(f"UID STORE refused: {text_of(data[0]) if data else typ}")
+            for line in self._wire.take("MODIFIED"):
+                modified.extend(parse_uid_set(text_of(line)))
             # CONDSTORE servers answer a silent STORE with FETCH (MODSEQ) anyway; drop them
-            imap.untagged_responses.pop("FETCH", None)
+            self._wire.take("FETCH")
         return sorted(set(modified))
 
     def move(self, uids: Sequence[int], target: str) -> tuple[int | None, dict[int, int]]:
@@ -691,8 +378,7 @@ class ImapSession:
         if not uids:
             return None, {}
         self._held = None
-        imap = self._client._imap
-        imap.untagged_responses.pop("COPYUID", None)
+        self._wire.take("COPYUID")
         if "MOVE" in self.capabilities:
             with self._guard(f"UID MOVE to {target}", folder=target):
                 answer = self._client.move(list(uids), target)
@@ -703,9 +389,9 @@ class ImapSession:
                 answer = self._client.copy(list(uids), target)
             self.store_flags(list(uids), ["\\Deleted"], add=True)
             self.expunge_uids(list(uids))
-        texts = [_text(line) for line in imap.untagged_responses.pop("COPYUID", None) or []]
+        texts = [text_of(line) for line in self._wire.take("COPYUID")]
         if answer:
-            texts.append(_text(answer))
+            texts.append(text_of(answer))
         return copyuid_map(texts)
 
     def expunge_uids(self, uids: Sequence[int]) -> None:
@@ -725,7 +411,7 @@ class ImapSession:
         self._held = None
         with self._guard(f"APPEND to {folder}", folder=folder):
             answer = self._client.append(folder, raw, flags=tuple(flags))
-        match = re.search(r"APPENDUID \d+ (\d+)", _text(answer or b""))
+        match = re.search(r"APPENDUID \d+ (\d+)", text_of(answer or b""))
         return int(match.group(1)) if match else None
 
     def search_header(self, folder: str, name: str, value: str) -> list[int]:
@@ -770,20 +456,16 @@ class ImapSession:
             accept = wanted.__contains__
         else:
             uid_set = uids
-        imap = self._client._imap
         args = ["UID", "FETCH", uid_set, "(" + " ".join(items) + ")"]
         if modifiers:
             args.append(f"({modifiers})")
         with self._guard("UID FETCH"):
-            tag = imap._command(*args)
-            typ, data = imap._command_complete("FETCH", tag)
+            typ, data = self._wire.command(*args)
             if typ != "OK":
-                raise ProtocolError(f"UID FETCH refused: {_text(data[0]) if data else typ}")
-            typ, data = imap._untagged_response(typ, data, "FETCH")
+                raise ProtocolError(f"UID FETCH refused: {text_of(data[0]) if data else typ}")
+            data = self._wire.take("FETCH")
         result: dict[int, dict[bytes, Any]] = {}
-        if data == [None]:
-            return result
-        for pairs in _fetch_items(data):
+        for pairs in fetch_items(data):
             uid_value = pairs.get(b"UID")
             if uid_value is None or (accept is not None and not accept(int(uid_value))):
                 self._held, self._news_dropped = None, True  # another client's change
@@ -794,25 +476,6 @@ class ImapSession:
             result.setdefault(uid, {}).update(pairs)
         return result
 
-    @contextmanager
-    def _guard(self, what: str, *, folder: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except MailError:
-            raise
-        except TimeoutError as exc:
-            raise ServerUnreachable(f"{what}: the server did not answer in time") from exc
-        except IMAPClientError as exc:
-            text = _server_text(exc)
-            if isinstance(exc, imaplib.IMAP4.abort):
-                raise ServerUnreachable(f"{what}: connection lost ({text})") from exc
-            lowered = text.lower()
-            if folder is not None and ("nonexistent" in lowered or "doesn't exist" in lowered):
-                raise FolderMissing(f"folder {folder!r} does not exist on the server") from exc
-            raise ProtocolError(f"{what} refused: {text}") from exc
-        except OSError as exc:
-            raise ServerUnreachable(f"{what}: connection lost ({describe_os_error(exc)})") from exc
-
 
 def uid_ranges(starts: Iterable[int], first: int, last: int) -> list[tuple[int, int]]:
     """``first:last`` cut into consecutive UID ranges, a new one beginning at each of
@@ -822,61 +485,3 @@ def uid_ranges(starts: Iterable[int], first: int, last: int) -> list[tuple[int, 
         return []
     cuts = sorted({start for start in starts if first < start <= last})
     return list(zip([first, *cuts], [*(cut - 1 for cut in cuts), last], strict=True))
-
-
-def _fetch_items(data: list[Any]) -> list[dict[bytes, Any]]:
-    """The item dicts of FETCH responses: our own parser, else imapclient's (slower, but
-    it has seen every server's quirks)."""
-    try:
-        return [items for _, items in parse_fetch_responses(data)]
-    except FetchParseError as exc:
-        log.debug("FETCH response left to imapclient's parser: %s", exc)
-    found: list[dict[bytes, Any]] = []
-    parsed = gen_parsed_response(data)
-    while True:
-        try:
-            next(parsed)  # sequence number
-            attributes = next(parsed)
-        except StopIteration:
-            return found
-        if isinstance(attributes, tuple):
-            found.append(
-                {
-                    _text(attributes[i]).upper().encode(): attributes[i + 1]
-                    for i in range(0, len(attributes) - 1, 2)
-                }
-            )
-
-
-# Untagged responses that mean the held folder changed beyond flags (or in a way the held
-# state cannot follow): the next sync selects it again.
-_FOLDER_NEWS = ("EXISTS", "EXPUNGE", "VANISHED", "RECENT", "FLAGS", "HIGHESTMODSEQ", "BYE")
-
-
-def _quiet_imaplib(client: IMAPClient) -> None:
-    """imapclient turns imaplib's debug output up to its highest level and sends it to a
-    logger, so imaplib formats the repr of every response -- every message's bytes, and
-    the whole list of a batch's answers -- even when that logger discards it: more than
-    a third of a sync's time. Only when the logger would keep it."""
-    if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
-        client._imap.debug = 0
-
-
-def _flag_state(uid: int, data: dict[bytes, Any]) -> FlagState:
-    modseq_value = data.get(b"MODSEQ")  # imapclient gives "(123)" as a 1-tuple
-    if isinstance(modseq_value, tuple):
-        modseq_value = modseq_value[0] if modseq_value else None
-    modseq = int(modseq_value) if modseq_value is not None else None
-    return FlagState(uid=uid, flags=normalize_flags(data.get(b"FLAGS", ())), modseq=modseq)
-
-
-def _server_text(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
-    return server_sentence(exc.args[0] if exc.args else exc) or exc.__class__.__name__
-
-
-def _safe_shutdown(client: IMAPClient) -> None:
-    # best effort on an already broken connection: there is nothing left to save
-    with contextlib.suppress(Exception):
-        client.shutdown()
