@@ -11,6 +11,7 @@ from django.utils.text import Truncator
 from mailsync.models import Activity, DeadLetter, FlagChange, Folder, Mailbox
 from mailsync.runner import POP3_MAILBOX_NOT_SYNCED, POP3_NOT_AVAILABLE, record_not_synced
 from mailsync.tasks import start_mailbox_sync
+from mailsync.templatetags.history import describe
 
 
 class MailboxForm(forms.ModelForm[Mailbox]):
@@ -209,9 +210,13 @@ class FolderAdmin(ReadOnlyAdmin):
 
 @admin.register(Activity)
 class ActivityAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "mailbox", "actor", "source", "describe", "message"]
+    list_display = ["created_at", "mailbox", "actor", "source", "what", "message"]
     list_filter = ["mailbox", "source", "verb"]
     list_select_related = ["mailbox", "actor", "message"]
+
+    @admin.display(description="What happened")
+    def what(self, activity: Activity) -> str:
+        return describe(activity)
 
 
 @admin.register(FlagChange)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from django.db import connection, transaction
 from django.db.models import ForeignObjectRel, Max, Min, Model, Q
 
+from mailsync import changes
 from mailsync.engine.threader import (
     ThreadFacts,
     normalize_subject,
@@ -210,11 +211,11 @@ def merge_conversations(*, survivor_id: int, merged_ids: Sequence[int]) -> None:
     survivor.first_message_at = _earliest(spans["first"], survivor.first_message_at)
     survivor.last_message_at = _latest(spans["last"], *(c.last_message_at for c in merged))
     survivor.save(update_fields=["subject", "first_message_at", "last_message_at"])
-    Activity.objects.create(
-        mailbox_id=survivor.mailbox_id,
+    changes.record(
+        mailbox=survivor.mailbox_id,
         conversation=survivor,
         source=Activity.Source.SYSTEM,
-        verb="conversations_merged",
+        verb=Activity.Verb.CONVERSATIONS_MERGED,
         detail={"merged": sorted(merged_ids)},
     )
 

@@ -16,6 +16,7 @@ from django.db import connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from mailsync import changes
 from mailsync.engine.mime import ParsedMessage, envelope_of, fallback_message, parse_message
 from mailsync.ingest import (
     apply_envelope,
@@ -23,7 +24,7 @@ from mailsync.ingest import (
     commit_without_waiting_for_disk,
     store_blobs,
 )
-from mailsync.models import Attachment, Blob, Mailbox, Message
+from mailsync.models import Attachment, Blob, Change, Folder, Mailbox, Message
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,30 @@ def _write_extracted(group: list[tuple[Message, ParsedMessage]]) -> int:
             Message.objects.filter(pk=message.pk).update(
                 **{field: getattr(message, field) for field in EXTRACTED_FIELDS}
             )
+        _announce([m for m, _ in mine])
     return len(mine)
+
+
+def _announce(messages: list[Message]) -> None:
+    """One change per mailbox for the group: open pages show the text (and the subject,
+    sender and attachment mark it may have fixed)."""
+    if not messages:
+        return
+    mailbox_of = dict(
+        Folder.objects.filter(pk__in={m.folder_id for m in messages}).values_list(
+            "pk", "mailbox_id"
+        )
+    )
+    by_mailbox: dict[int, list[Message]] = {}
+    for message in messages:
+        by_mailbox.setdefault(mailbox_of[message.folder_id], []).append(message)
+    for mailbox_id, members in by_mailbox.items():
+        changes.bump(
+            mailbox=mailbox_id,
+            kind=Change.Kind.TEXT_EXTRACTED,
+            message_ids=[m.pk for m in members],
+            conversation_ids=[m.conversation_id for m in members],
+        )
 
 
 def _take_parsed(message: Message, parsed: ParsedMessage, now: datetime) -> None:

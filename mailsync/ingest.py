@@ -22,6 +22,7 @@ from django.db.models import (
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from mailsync import changes
 from mailsync.conversations import (
     facts_of,
     insert_thread_references,
@@ -36,6 +37,7 @@ from mailsync.engine.threader import link
 from mailsync.models import (
     Blob,
     BlobChunk,
+    Change,
     Conversation,
     Folder,
     Mailbox,
@@ -114,6 +116,13 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
         insert_thread_references(
             folder.mailbox_id,
             [(m.pk, r) for m, refs in zip(messages, references, strict=True) for r in refs],
+        )
+        # last, so the mailbox's counter row is locked only until the commit just after
+        changes.bump(
+            mailbox=folder.mailbox_id,
+            kind=Change.Kind.NEW_MAIL,
+            message_ids=[m.pk for m in messages],
+            conversation_ids=[m.conversation_id for m in messages],
         )
     return len(pending)
 

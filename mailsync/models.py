@@ -19,17 +19,6 @@ from mailsync.crypto import decrypt_secret, encrypt_secret
 from mailsync.engine.accounts import MailAccount
 from mailsync.engine.flags import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
 
-FLAG_WORDS = {
-    (SEEN, True): "marked it read",
-    (SEEN, False): "marked it unread",
-    (DELETED, True): "deleted it",
-    (DELETED, False): "undeleted it",
-    (FLAGGED, True): "flagged it",
-    (FLAGGED, False): "unflagged it",
-    (ANSWERED, True): "marked it replied",
-    (ANSWERED, False): "cleared replied",
-}
-
 
 class Mailbox(models.Model):
     class Protocol(models.TextChoices):
@@ -446,12 +435,47 @@ class FlagChange(models.Model):
 
 
 class Activity(models.Model):
-    """Audit trail: who (or which server change) did what to which message, when."""
+    """Audit trail: who (or which server change) did what to which message, when.
+
+    Written only by ``mailsync.changes.record`` (a verb from ``Verb``, the mailbox's change
+    counter bumped in the same transaction); worded by ``mailsync/templatetags/history.py``.
+    """
 
     class Source(models.TextChoices):
         APP = "app", "In the app"
         SERVER = "server", "Seen on the server"
         SYSTEM = "system", "System"
+
+    class Verb(models.TextChoices):
+        # a person in the app (teaminbox.services)
+        FLAG_ADDED = "flag_added"
+        FLAG_REMOVED = "flag_removed"
+        DELETED = "deleted"
+        RESTORED = "restored"
+        PURGED = "purged"
+        MEMBER_ADDED = "member_added"
+        MEMBER_ROLE_CHANGED = "member_role_changed"
+        MEMBER_REMOVED = "member_removed"
+        REPLIED = "replied"
+        REPLIED_TO_ALL = "replied_to_all"
+        FORWARDED = "forwarded"
+        SENT_NEW_MESSAGE = "sent_new_message"
+        REPLY_RETRIED = "reply_retried"
+        # the worker sending mail (teaminbox.delivery)
+        REPLY_FAILED = "reply_failed"
+        SENT_COPY_SAVED = "sent_copy_saved"
+        SENT_COPY_FAILED = "sent_copy_failed"
+        # the outbox pushing to the server (mailsync.outbox)
+        MOVED = "moved"
+        PUSH_FAILED = "push_failed"
+        CONFLICT = "conflict"
+        # seen on the server by a sync (mailsync.store, mailsync.runner)
+        FLAGS_CHANGED = "flags_changed"
+        EXPUNGED = "expunged"
+        UIDVALIDITY_CHANGED = "uidvalidity_changed"
+        SYNC_FAILED = "sync_failed"
+        # threading (mailsync.conversations)
+        CONVERSATIONS_MERGED = "conversations_merged"
 
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="activities")
     message = models.ForeignKey(
@@ -465,8 +489,10 @@ class Activity(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     source = models.CharField(max_length=8, choices=Source.choices)
-    verb = models.CharField(max_length=64)
+    verb = models.CharField(max_length=64, choices=Verb.choices)
     detail = models.JSONField(default=dict, blank=True)
+    # the mailbox's change counter when it was recorded (``mailsync.changes``)
+    change = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -474,33 +500,51 @@ class Activity(models.Model):
         # the admin menu names it as the app does: the history
         verbose_name = "history entry"
         verbose_name_plural = "history"
+        indexes = [models.Index(fields=["mailbox", "change"], name="activity_by_change")]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.describe()}"
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.verb}"
 
-    def describe(self) -> str:
-        """A short sentence for the history list."""
-        detail = self.detail or {}
-        if self.verb in {"flag_added", "flag_removed"}:
-            word = FLAG_WORDS.get((str(detail.get("flag")), self.verb == "flag_added"))
-            return (
-                word or f"{'set' if self.verb == 'flag_added' else 'cleared'} {detail.get('flag')}"
-            )
-        if self.verb == "flags_changed":
-            parts = []
-            if detail.get("added"):
-                parts.append("added " + ", ".join(detail["added"]))
-            if detail.get("removed"):
-                parts.append("removed " + ", ".join(detail["removed"]))
-            return "flags changed: " + "; ".join(parts)
-        if self.verb == "expunged":
-            return f"removed from {detail.get('folder', 'the folder')}"
-        if self.verb == "conversations_merged":
-            merged = ", ".join(f"#{pk}" for pk in detail.get("merged", []))
-            return f"a new message joined conversation {merged} to this one"
-        if self.verb == "sync_failed":
-            return f"sync failed: {detail.get('error', '')}"
-        return self.verb.replace("_", " ")
+
+class ChangeCounter(models.Model):
+    """The mailbox's change counter: one row, bumped by ``UPDATE ... RETURNING`` inside
+    every transaction that changes the mailbox (``mailsync.changes``, which says why the
+    row lock makes commit order equal counter order)."""
+
+    mailbox = models.OneToOneField(
+        Mailbox, primary_key=True, on_delete=models.CASCADE, related_name="change_counter"
+    )
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id}: {self.value}"
+
+
+class Change(models.Model):
+    """One bump of a mailbox's change counter: what a page holding an older number must
+    look at again (``mailsync.changes.changes_since``). Written in the transaction that
+    made the change, with the number it got."""
+
+    class Kind(models.TextChoices):
+        HISTORY = "history", "History recorded"
+        NEW_MAIL = "new_mail", "New mail"
+        TEXT_EXTRACTED = "text_extracted", "Text extracted"
+        OUTGOING = "outgoing", "Outgoing mail sent"
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="+")
+    number = models.BigIntegerField()
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    message_ids = models.JSONField(default=list, blank=True)
+    conversation_ids = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["mailbox", "number"], name="change_unique_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} #{self.number} {self.kind}"
 
 
 class DeadLetter(models.Model):
@@ -528,3 +572,29 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.folder} uid {self.uid}: {self.reason[:60]}"
+
+
+class WatcherLease(models.Model):
+    """Which IDLE watcher process watches a mailbox, and how its connections are doing.
+
+    Taken and renewed by conditional UPDATE (``mailsync.watcher``): a watcher that dies stops
+    renewing, and another takes the mailbox over once ``expires_at`` has passed. The state
+    columns are what the admin's sync health shows."""
+
+    class State(models.TextChoices):
+        STARTING = "starting", "starting"
+        CONNECTED = "connected", "connected"
+        BACKING_OFF = "backing_off", "backing off"
+        NOT_SUPPORTED = "not_supported", "no IDLE (beat's sync only)"
+        STOPPED = "stopped", "stopped"
+
+    mailbox = models.OneToOneField(Mailbox, on_delete=models.CASCADE, related_name="watcher")
+    owner = models.CharField(max_length=128)
+    expires_at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING)
+    since = models.DateTimeField(default=timezone.now)
+    # one line per watched folder: "INBOX: connected", "Sent: backing off (connection refused)"
+    detail = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} watched by {self.owner}: {self.state}"

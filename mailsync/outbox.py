@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from mailsync import changes
 from mailsync.engine.errors import FolderMissing, MailError, ProtocolError
 from mailsync.engine.flags import SYSTEM_FLAGS
 from mailsync.engine.imap import ImapSession, SelectedFolder
@@ -252,7 +253,10 @@ def _settle_modified(
     return pending
 
 
-NOT_APPLIED_VERBS = {FlagChange.State.FAILED: "push_failed", FlagChange.State.CONFLICT: "conflict"}
+NOT_APPLIED_VERBS = {
+    FlagChange.State.FAILED: Activity.Verb.PUSH_FAILED,
+    FlagChange.State.CONFLICT: Activity.Verb.CONFLICT,
+}
 
 
 @transaction.atomic
@@ -262,10 +266,10 @@ def _not_applied(change: FlagChange, state: FlagChange.State, reason: str) -> No
     FlagChange.objects.filter(pk=change.pk).update(
         state=state, done_at=timezone.now(), last_error=reason[:1000]
     )
-    Activity.objects.create(
-        mailbox_id=Folder.objects.values_list("mailbox_id", flat=True).get(pk=change.folder_id),
-        message_id=change.message_id,
-        actor_id=change.actor_id,
+    changes.record(
+        mailbox=Folder.objects.values_list("mailbox_id", flat=True).get(pk=change.folder_id),
+        message=change.message_id,
+        actor=change.actor_id,
         source=Activity.Source.SYSTEM,
         verb=NOT_APPLIED_VERBS[state],
         detail={
@@ -311,12 +315,12 @@ def _push_move(imap: ImapSession, folder: Folder, change: FlagChange) -> None:
         FlagChange.objects.filter(pk=change.pk).update(
             state=FlagChange.State.DONE, done_at=now, last_error=""
         )
-        Activity.objects.create(
-            mailbox_id=folder.mailbox_id,
+        changes.record(
+            mailbox=folder.mailbox_id,
             message=message,
-            actor_id=change.actor_id,
+            actor=change.actor_id,
             source=Activity.Source.SYSTEM,
-            verb="moved",
+            verb=Activity.Verb.MOVED,
             detail={"from": folder.name, "to": target.name},
         )
 

@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from mailsync import changes
 from mailsync.crypto import CredentialError
 from mailsync.engine.accounts import MailAccount
 from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
@@ -263,6 +264,7 @@ def not_fetched_sentence(count: int, reason: str) -> str:
     return f"{count} messages could not be fetched yet: {reason}; they will be retried"
 
 
+@transaction.atomic
 def _record_failure(mailbox: Mailbox, exc: MailError) -> None:
     message = str(exc)[:2000]
     changed = Mailbox.objects.filter(pk=mailbox.pk).exclude(last_error=message).exists()
@@ -270,9 +272,9 @@ def _record_failure(mailbox: Mailbox, exc: MailError) -> None:
         sync_status=Mailbox.SyncStatus.ERROR, last_error=message
     )
     if changed:  # one audit row per distinct problem, not one per retry
-        Activity.objects.create(
+        changes.record(
             mailbox=mailbox,
             source=Activity.Source.SYSTEM,
-            verb="sync_failed",
+            verb=Activity.Verb.SYNC_FAILED,
             detail={"error": message, "transient": exc.transient},
         )

@@ -10,6 +10,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from mailsync import changes
 from mailsync.engine.flags import split_flags
 from mailsync.engine.imap import FetchedMessage, FlagState
 from mailsync.engine.sync import FolderCursor, SyncProgress
@@ -162,11 +163,11 @@ class DjangoFolderStore:
         flag_fields = list(Message.FLAG_FIELDS.values())
         rows = Message.objects.filter(
             folder=self.folder, uidvalidity=uidvalidity, uid__in=uids
-        ).only("pk", "uid", "keywords", "modseq", *flag_fields)
+        ).only("pk", "uid", "keywords", "modseq", "conversation", *flag_fields)
         protected = self._flags_with_local_intent(uidvalidity, uids, observed_at)
         changed: list[Message] = []
         modseq_only: list[Message] = []
-        activities: list[Activity] = []
+        entries: list[changes.Entry] = []
         for message in rows:
             state = states[message.uid]
             added, removed = _take_server_flags(message, state, protected.get(message.uid, set()))
@@ -175,12 +176,11 @@ class DjangoFolderStore:
             message.modseq = new_modseq
             if added or removed:
                 changed.append(message)
-                activities.append(
-                    Activity(
-                        mailbox_id=self.folder.mailbox_id,
-                        message=message,
+                entries.append(
+                    changes.Entry(
+                        message_id=message.pk,
                         source=Activity.Source.SERVER,
-                        verb="flags_changed",
+                        verb=Activity.Verb.FLAGS_CHANGED,
                         detail={"added": added, "removed": removed},
                     )
                 )
@@ -189,7 +189,12 @@ class DjangoFolderStore:
         with transaction.atomic():
             _update_rows(changed, [*flag_fields, "keywords", "modseq"])
             _update_rows(modseq_only, ["modseq"])
-            Activity.objects.bulk_create(activities)
+            # one change number for the window, however many messages changed
+            changes.record_all(
+                mailbox=self.folder.mailbox_id,
+                entries=entries,
+                conversation_ids=[m.conversation_id for m in changed],
+            )
         return len(changed)
 
     def _flags_with_local_intent(
@@ -219,21 +224,27 @@ class DjangoFolderStore:
             for message in rows:
                 message.expunged_at = now
                 message.save(update_fields=["expunged_at"])
-                Activity.objects.create(
-                    mailbox_id=self.folder.mailbox_id,
-                    message=message,
-                    source=Activity.Source.SERVER,
-                    verb="expunged",
-                    detail={"folder": self.folder.name, "uid": message.uid},
-                )
+            changes.record_all(
+                mailbox=self.folder.mailbox_id,
+                entries=[
+                    changes.Entry(
+                        message_id=message.pk,
+                        source=Activity.Source.SERVER,
+                        verb=Activity.Verb.EXPUNGED,
+                        detail={"folder": self.folder.name, "uid": message.uid},
+                    )
+                    for message in rows
+                ],
+                conversation_ids=[m.conversation_id for m in rows],
+            )
         return len(rows)
 
     def reset_uidvalidity(self, old: int, new: int) -> None:
         with transaction.atomic():
-            Activity.objects.create(
-                mailbox_id=self.folder.mailbox_id,
+            changes.record(
+                mailbox=self.folder.mailbox_id,
                 source=Activity.Source.SERVER,
-                verb="uidvalidity_changed",
+                verb=Activity.Verb.UIDVALIDITY_CHANGED,
                 detail={"folder": self.folder.name, "old": old, "new": new},
             )
             Folder.objects.filter(pk=self.folder.pk).update(

@@ -3,10 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from teaminbox.models import Membership
-from teaminbox.services import set_membership
+from teaminbox.services.memberships import remove_membership, set_membership
 
 
 @admin.register(Membership)
@@ -27,3 +28,11 @@ class MembershipAdmin(admin.ModelAdmin[Membership]):
             user=obj.user, mailbox=obj.mailbox, role=obj.role, actor=request.user
         )
         obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        remove_membership(membership=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        # one by one, so each removal is checked and in the history ("Delete selected")
+        for membership in queryset.select_related("user"):
+            remove_membership(membership=membership, actor=request.user)

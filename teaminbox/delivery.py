@@ -20,18 +20,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from mailsync import changes
 from mailsync.crypto import CredentialError
 from mailsync.engine import smtp
 from mailsync.engine.errors import ConfigurationError, FolderMissing, MailError
-from mailsync.engine.flags import ANSWERED, SEEN
+from mailsync.engine.flags import SEEN
 from mailsync.engine.imap import ImapSession
-from mailsync.models import Activity
+from mailsync.models import Activity, Change
 from mailsync.runner import open_session
 from teaminbox.models import OutgoingMessage
-from teaminbox.services import Actor, actor_id_of, set_flag
+from teaminbox.services.access import Actor, actor_id_of
+from teaminbox.services.flags import mark_answered
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +115,22 @@ def deliver(outgoing_id: int) -> Delivery | None:
     refused = "; ".join(f"{r}: {c} {a}" for r, (c, a) in result.refused.items())
     copy = SentCopy.NOT_NEEDED if mailbox.server_saves_sent else SentCopy.PENDING
     now = timezone.now()
-    OutgoingMessage.objects.filter(pk=outgoing.pk, state=OutgoingMessage.State.SENDING).update(
-        state=OutgoingMessage.State.SENT,
-        sent_at=now,
-        smtp_reply=result.reply[:1000],
-        last_error=f"refused by the server: {refused}"[:2000] if refused else "",
-        updated_at=now,
-        # pending and claimed by this worker in the same UPDATE: if it dies before the
-        # copy is recorded, the lease runs out and the sweeper takes over
-        sent_copy=copy,
-        sent_copy_claimed_at=now if copy == SentCopy.PENDING else None,
-        sent_copy_attempts=1 if copy == SentCopy.PENDING else 0,
-    )
+    with transaction.atomic():
+        OutgoingMessage.objects.filter(pk=outgoing.pk, state=OutgoingMessage.State.SENDING).update(
+            state=OutgoingMessage.State.SENT,
+            sent_at=now,
+            smtp_reply=result.reply[:1000],
+            last_error=f"refused by the server: {refused}"[:2000] if refused else "",
+            updated_at=now,
+            # pending and claimed by this worker in the same UPDATE: if it dies before the
+            # copy is recorded, the lease runs out and the sweeper takes over
+            sent_copy=copy,
+            sent_copy_claimed_at=now if copy == SentCopy.PENDING else None,
+            sent_copy_attempts=1 if copy == SentCopy.PENDING else 0,
+        )
+        changes.bump(
+            mailbox=mailbox, kind=Change.Kind.OUTGOING, message_ids=[outgoing.in_reply_to_id]
+        )
     saved = False
     if copy == SentCopy.PENDING:
         outgoing.sent_copy_attempts = 1
@@ -134,7 +141,7 @@ def deliver(outgoing_id: int) -> Delivery | None:
         and original.expunged_at is None
         and outgoing.kind in {OutgoingMessage.Kind.REPLY, OutgoingMessage.Kind.REPLY_ALL}
     ):
-        set_flag(message=original, flag=ANSWERED, on=True, actor=outgoing.author)
+        mark_answered(message=original, author=outgoing.author)
     return Delivery(outgoing_id, sent=True, saved_to_sent=saved)
 
 
@@ -213,41 +220,55 @@ def _record_copy_saved(
     found_in_sent: bool,
     actor: Actor,
 ) -> None:
-    OutgoingMessage.objects.filter(pk=outgoing.pk, sent_copy=SentCopy.PENDING).update(
-        sent_copy=SentCopy.SAVED,
-        sent_folder=folder,
-        sent_uid=uid,
-        sent_copy_error="",
-        sent_copy_claimed_at=None,
-        sent_copy_retry_at=None,
-    )
-    # The first attempt succeeding is the normal case, not news for the history.
-    if outgoing.sent_copy_attempts > 1 or found_in_sent:
-        _record_copy_activity(
-            outgoing,
-            "sent_copy_saved",
-            {"outgoing": outgoing.pk, "folder": folder, "found_in_sent": found_in_sent},
-            actor=actor,
+    with transaction.atomic():
+        OutgoingMessage.objects.filter(pk=outgoing.pk, sent_copy=SentCopy.PENDING).update(
+            sent_copy=SentCopy.SAVED,
+            sent_folder=folder,
+            sent_uid=uid,
+            sent_copy_error="",
+            sent_copy_claimed_at=None,
+            sent_copy_retry_at=None,
         )
+        # The first attempt succeeding is the normal case, not news for the history.
+        if outgoing.sent_copy_attempts > 1 or found_in_sent:
+            _record_copy_activity(
+                outgoing,
+                Activity.Verb.SENT_COPY_SAVED,
+                {"outgoing": outgoing.pk, "folder": folder, "found_in_sent": found_in_sent},
+                actor=actor,
+            )
+        else:
+            changes.bump(
+                mailbox=outgoing.mailbox_id,
+                kind=Change.Kind.OUTGOING,
+                message_ids=[outgoing.in_reply_to_id],
+            )
 
 
 def _record_copy_failed(outgoing: OutgoingMessage, exc: MailError, *, actor: Actor) -> None:
     log.warning("outgoing %s sent but not saved to Sent: %s", outgoing.pk, exc)
     attempts = max(outgoing.sent_copy_attempts, 1)
     backoff = min(timedelta(minutes=5) * 2 ** min(attempts - 1, 8), SENT_COPY_MAX_BACKOFF)
-    OutgoingMessage.objects.filter(pk=outgoing.pk, sent_copy=SentCopy.PENDING).update(
-        sent_copy_error=str(exc)[:2000],
-        sent_copy_claimed_at=None,
-        sent_copy_retry_at=timezone.now() + backoff,
-    )
-    # Once in the history, not once per retry; the message page shows the latest reason.
-    if attempts == 1:
-        _record_copy_activity(
-            outgoing,
-            "sent_copy_failed",
-            {"outgoing": outgoing.pk, "error": str(exc)[:500]},
-            actor=actor,
+    with transaction.atomic():
+        OutgoingMessage.objects.filter(pk=outgoing.pk, sent_copy=SentCopy.PENDING).update(
+            sent_copy_error=str(exc)[:2000],
+            sent_copy_claimed_at=None,
+            sent_copy_retry_at=timezone.now() + backoff,
         )
+        # Once in the history, not once per retry; the message page shows the latest reason.
+        if attempts == 1:
+            _record_copy_activity(
+                outgoing,
+                Activity.Verb.SENT_COPY_FAILED,
+                {"outgoing": outgoing.pk, "error": str(exc)[:500]},
+                actor=actor,
+            )
+        else:
+            changes.bump(
+                mailbox=outgoing.mailbox_id,
+                kind=Change.Kind.OUTGOING,
+                message_ids=[outgoing.in_reply_to_id],
+            )
 
 
 def _record_copy_activity(
@@ -258,10 +279,10 @@ def _record_copy_activity(
     actor: Actor,
 ) -> None:
     actor_id = actor_id_of(actor)
-    Activity.objects.create(
-        mailbox_id=outgoing.mailbox_id,
-        message_id=outgoing.in_reply_to_id,
-        actor_id=actor_id,
+    changes.record(
+        mailbox=outgoing.mailbox_id,
+        message=outgoing.in_reply_to_id,
+        actor=actor_id,
         source=Activity.Source.APP if actor_id is not None else Activity.Source.SYSTEM,
         verb=verb,
         detail=detail,
@@ -273,15 +294,17 @@ def _record_failure(outgoing: OutgoingMessage, exc: MailError, *, requeue: bool)
     if isinstance(exc, smtp.DeliveryUncertain):
         text = f"{text}. Check with the recipient before retrying."
     state = OutgoingMessage.State.QUEUED if requeue else OutgoingMessage.State.FAILED
-    OutgoingMessage.objects.filter(pk=outgoing.pk, state=OutgoingMessage.State.SENDING).update(
-        state=state, last_error=text, updated_at=timezone.now()
-    )
-    if not requeue:
-        Activity.objects.create(
-            mailbox_id=outgoing.mailbox_id,
-            message_id=outgoing.in_reply_to_id,
+    with transaction.atomic():
+        OutgoingMessage.objects.filter(pk=outgoing.pk, state=OutgoingMessage.State.SENDING).update(
+            state=state, last_error=text, updated_at=timezone.now()
+        )
+        if requeue:
+            return  # no news: it is tried again
+        changes.record(
+            mailbox=outgoing.mailbox_id,
+            message=outgoing.in_reply_to_id,
             source=Activity.Source.SYSTEM,
-            verb="reply_failed",
+            verb=Activity.Verb.REPLY_FAILED,
             detail={"outgoing": outgoing.pk, "error": text[:500]},
         )
 
@@ -296,23 +319,24 @@ def fail_stale_sending(*, older_than: timedelta = STALE_SENDING) -> int:
         ).values_list("pk", "mailbox_id", "in_reply_to_id")
     )
     for pk, mailbox_id, message_id in stale:
-        changed = OutgoingMessage.objects.filter(
-            pk=pk, state=OutgoingMessage.State.SENDING, claimed_at__lt=cutoff
-        ).update(
-            state=OutgoingMessage.State.FAILED,
-            last_error=(
-                "a worker stopped while sending this message; it may have been delivered. "
-                "Check the Sent folder or with the recipient before retrying."
-            ),
-        )
-        if changed:
-            Activity.objects.create(
-                mailbox_id=mailbox_id,
-                message_id=message_id,
-                source=Activity.Source.SYSTEM,
-                verb="reply_failed",
-                detail={"outgoing": pk, "error": "delivery state unknown"},
+        with transaction.atomic():
+            changed = OutgoingMessage.objects.filter(
+                pk=pk, state=OutgoingMessage.State.SENDING, claimed_at__lt=cutoff
+            ).update(
+                state=OutgoingMessage.State.FAILED,
+                last_error=(
+                    "a worker stopped while sending this message; it may have been delivered. "
+                    "Check the Sent folder or with the recipient before retrying."
+                ),
             )
+            if changed:
+                changes.record(
+                    mailbox=mailbox_id,
+                    message=message_id,
+                    source=Activity.Source.SYSTEM,
+                    verb=Activity.Verb.REPLY_FAILED,
+                    detail={"outgoing": pk, "error": "delivery state unknown"},
+                )
     return len(stale)
 
 

@@ -1,7 +1,9 @@
 """Reads that views share: which mailboxes a person may see, and the inbox listing.
 
 Every lookup that touches a mailbox goes through these helpers, so a non-member gets 404
-(not 403: a stranger learns nothing about which mailboxes exist).
+(not 403: a stranger learns nothing about which mailboxes exist), and a member whose role
+is below what the page needs gets ``AccessRefused`` (403), as healthchecks'
+``_get_rw_check_for_user`` does; the rule itself is ``teaminbox.services.access``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from mailsync.models import Attachment, Folder, Mailbox, Message
-from teaminbox.models import Membership
+from teaminbox.models import OutgoingMessage
+from teaminbox.services.access import Role, require_author, require_role
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -24,19 +27,13 @@ def mailboxes_for(user: User) -> QuerySet[Mailbox]:
     return Mailbox.objects.filter(memberships__user_id=int(user.pk))
 
 
-def role_in(user: User, mailbox: Mailbox) -> str | None:
-    if getattr(user, "is_superuser", False):
-        return Membership.Role.ADMIN
-    if not user.is_authenticated:
-        return None
-    membership = Membership.objects.filter(user_id=int(user.pk), mailbox=mailbox).first()
-    return membership.role if membership else None
-
-
-def get_mailbox_for(user: User, name: str) -> Mailbox:
+def get_mailbox_for(user: User, name: str, *, role: str = Role.VIEWER) -> Mailbox:
+    """The mailbox, if ``user`` holds at least ``role`` in it: 404 for a non-member, 403
+    (``AccessRefused``) for a member with a lower role."""
     mailbox = mailboxes_for(user).filter(name=name).first()
     if mailbox is None:
         raise Http404("No such mailbox")
+    require_role(user, mailbox, role)
     return mailbox
 
 
@@ -49,6 +46,32 @@ def get_message_for(user: User, mailbox: Mailbox, message_id: int) -> Message:
     if message is None:
         raise Http404("No such message")
     return message
+
+
+def get_draft_for(user: User, mailbox: Mailbox, outgoing_id: int) -> OutgoingMessage:
+    """Outgoing mail of this mailbox; a draft only for its author (403 for a colleague)."""
+    outgoing = (
+        OutgoingMessage.objects.select_related("mailbox", "in_reply_to", "author")
+        .filter(pk=outgoing_id, mailbox=mailbox)
+        .first()
+    )
+    if outgoing is None:
+        raise Http404("No such draft")
+    if outgoing.is_draft:
+        require_author(user, outgoing)
+    return outgoing
+
+
+def get_outgoing_for(user: User, mailbox: Mailbox, outgoing_id: int) -> OutgoingMessage:
+    """Mail this mailbox sent (or tried to): for its retry and "Save to Sent"."""
+    outgoing = (
+        OutgoingMessage.objects.select_related("mailbox", "in_reply_to", "author")
+        .filter(pk=outgoing_id, mailbox=mailbox)
+        .first()
+    )
+    if outgoing is None:
+        raise Http404("No such message")
+    return outgoing
 
 
 def get_attachment_for(user: User, mailbox: Mailbox, attachment_id: int) -> Attachment:

@@ -77,6 +77,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A service's AccessRefused as 403 with its sentence (a fragment for htmx).
+    "teaminbox.refusals.RefusalMiddleware",
     # After XFrameOptionsMiddleware, so it answers first: a page without its own policy
     # gets ours and X-Frame-Options: DENY.
     "teaminbox.csp.ContentSecurityPolicyMiddleware",
@@ -188,6 +190,21 @@ SYNC_LEASE_SECONDS = envint("SYNC_LEASE_SECONDS", 20, minimum=10)
 IMAP_TIMEOUT_SECONDS = envint("IMAP_TIMEOUT_SECONDS", 60, minimum=1)
 # Capabilities to disregard, for a server whose CONDSTORE/QRESYNC is known to be broken.
 IMAP_IGNORE_CAPABILITIES = envlist("IMAP_IGNORE_CAPABILITIES", [])
+
+# The IDLE watcher (manage.py watchmailboxes, mailsync/watcher.py). Its connections count
+# toward the server's per-user limit (Dovecot: 10) with the workers' kept sessions: IDLE on
+# INBOX and the first other chosen folders up to this many, the rest is beat's.
+WATCHER_CONNECTIONS_PER_MAILBOX = envint("WATCHER_CONNECTIONS_PER_MAILBOX", 2, minimum=1)
+# IDLE is re-issued this often: well inside RFC 2177's 29 minutes and NAT timeouts.
+WATCHER_IDLE_RENEW_SECONDS = envint("WATCHER_IDLE_RENEW_SECONDS", 240, minimum=5)
+# A DONE (or the go-ahead for IDLE) not answered in this long: the connection is dead.
+WATCHER_ANSWER_SECONDS = envint("WATCHER_ANSWER_SECONDS", 10, minimum=1)
+WATCHER_BACKOFF_MAX_SECONDS = envint("WATCHER_BACKOFF_MAX_SECONDS", 300, minimum=1)
+# The mailbox table is read this often (added/changed/removed mailboxes are picked up),
+# and each watcher renews its mailboxes' leases; a dead watcher's lease runs out after
+# WATCHER_LEASE_SECONDS and another watcher takes its mailboxes over.
+WATCHER_POLL_SECONDS = envint("WATCHER_POLL_SECONDS", 2, minimum=1)
+WATCHER_LEASE_SECONDS = envint("WATCHER_LEASE_SECONDS", 20, minimum=5)
 
 # Outgoing mail: distinct addresses in To, Cc and Bcc together, per message.
 MAX_RECIPIENTS = envint("MAX_RECIPIENTS", 100, minimum=1)

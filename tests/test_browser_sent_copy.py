@@ -50,4 +50,4 @@ def test_bob_saves_a_pending_copy_to_sent_from_the_message_page(
         assert len(smtp.received) == 1
         page.reload()
         expect(page.locator("#reply-area")).not_to_contain_text("not yet saved to Sent")
-        expect(page.locator("#history")).to_contain_text("sent copy saved")
+        expect(page.locator("#history")).to_contain_text("the copy of the reply was saved to Sent")

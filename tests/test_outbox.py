@@ -28,7 +28,7 @@ def synced_message(mailbox, user, subject="Case"):
 def test_it_keeps_both_flags_when_another_client_changed_a_different_one(
     make_mailbox, recorded_user, bob
 ):
-    mailbox = make_mailbox(recorded_user)
+    mailbox = make_mailbox(recorded_user, agents=(bob,))
     message = synced_message(mailbox, recorded_user)
     recorded_user.add_flags([message.uid], ["\\Flagged"])  # after bob saw it: modseq moved
 
@@ -81,7 +81,7 @@ def test_the_later_of_two_staff_actions_wins_and_both_are_in_the_history(
 def test_it_moves_a_deleted_message_to_trash_as_the_same_row_and_undo_brings_it_back(
     make_mailbox, mail_user, bob
 ):
-    mailbox = make_mailbox(mail_user, delete_mode="trash")
+    mailbox = make_mailbox(mail_user, delete_mode="trash", agents=(bob,))
     message = synced_message(mailbox, mail_user, "Delete me")
     conversation_id = message.conversation_id
     trash = Folder.objects.get(mailbox=mailbox, special_use="\\Trash")
@@ -119,7 +119,7 @@ def test_it_moves_a_deleted_message_to_trash_as_the_same_row_and_undo_brings_it_
 def test_it_undoes_a_delete_that_was_not_sent_yet_without_touching_the_server(
     make_mailbox, mail_user, bob
 ):
-    mailbox = make_mailbox(mail_user, delete_mode="trash")
+    mailbox = make_mailbox(mail_user, delete_mode="trash", agents=(bob,))
     message = synced_message(mailbox, mail_user)
     delete_message(message=message, actor=bob)
 
@@ -137,7 +137,7 @@ def test_delete_to_trash_leaves_another_clients_deleted_message_alone(
     ignored, settings, make_mailbox, mail_user, bob
 ):
     settings.IMAP_IGNORE_CAPABILITIES = ignored
-    mailbox = make_mailbox(mail_user, delete_mode="trash")
+    mailbox = make_mailbox(mail_user, delete_mode="trash", agents=(bob,))
     marked = mail_user.append(make_mail("Outlook only marked this"), flags=["\\Deleted"])
     message = synced_message(mailbox, mail_user)
 
@@ -170,7 +170,7 @@ def test_every_change_made_while_no_worker_ran_reaches_the_server_once(
 ):
     user = recorded_user
     user.deliver_bulk(make_mail(f"Change {n}") for n in range(100))
-    mailbox = make_mailbox(user)
+    mailbox = make_mailbox(user, agents=(bob,))
     sync_mailbox(mailbox)
     messages = list(Message.objects.filter(folder__mailbox=mailbox))
     assert len(messages) == 100

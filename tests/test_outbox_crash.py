@@ -80,7 +80,7 @@ def worst_case_wait() -> timedelta:
 def test_a_dead_pushers_changes_reach_the_server_once_within_half_a_minute(
     store_reaches_server, make_mailbox, recorded_user, bob, eager_tasks
 ):
-    mailbox = make_mailbox(recorded_user)
+    mailbox = make_mailbox(recorded_user, agents=(bob,))
     messages = staff_flagged_everything(mailbox, recorded_user, bob)
     folder = messages[0].folder
     push_and_die(open_session(mailbox), folder, store_reaches_server=store_reaches_server)
@@ -100,7 +100,7 @@ def test_a_dead_pushers_changes_reach_the_server_once_within_half_a_minute(
 def test_a_dead_pushers_unsent_changes_go_out_once_on_the_servers_modseq(
     make_mailbox, recorded_user, bob, eager_tasks
 ):
-    mailbox = make_mailbox(recorded_user)
+    mailbox = make_mailbox(recorded_user, agents=(bob,))
     messages = staff_flagged_everything(mailbox, recorded_user, bob, count=5)
     push_and_die(open_session(mailbox), messages[0].folder, store_reaches_server=False)
     # Meanwhile the app's own earlier push (or another client) moved every modseq.
@@ -116,7 +116,7 @@ def test_a_dead_pushers_unsent_changes_go_out_once_on_the_servers_modseq(
 
 
 def test_a_sync_of_the_folder_takes_over_an_expired_claim(make_mailbox, recorded_user, bob):
-    mailbox = make_mailbox(recorded_user)
+    mailbox = make_mailbox(recorded_user, agents=(bob,))
     messages = staff_flagged_everything(mailbox, recorded_user, bob, count=3)
     push_and_die(open_session(mailbox), messages[0].folder, store_reaches_server=True)
 
@@ -131,7 +131,7 @@ def test_a_sync_of_the_folder_takes_over_an_expired_claim(make_mailbox, recorded
 
 
 def test_a_live_pusher_keeps_its_claim_by_renewing_it(make_mailbox, mail_user, bob):
-    mailbox = make_mailbox(mail_user)
+    mailbox = make_mailbox(mail_user, agents=(bob,))
     messages = staff_flagged_everything(mailbox, mail_user, bob, count=2)
     folder = messages[0].folder
     claimed = outbox.claim_flag_changes(folder)

@@ -53,7 +53,10 @@ def test_a_change_the_server_refuses_is_in_the_messages_history(shared_mailbox, 
         reverse("message", kwargs={"mailbox": shared_mailbox.name, "message_id": change.message_id})
     )
     assert page.status_code == 200
-    assert "push failed" in page.content.decode()
+    # what was refused and why, not "bob push failed"
+    history = page.content.decode().split('id="history"')[1]
+    assert "setting bad(keyword was refused by the server:" in history
+    assert "refused it 3 times" in history
 
 
 def test_the_admins_outbox_list_shows_what_failed_and_why(

@@ -186,7 +186,7 @@ def test_it_keeps_local_intent_while_the_push_is_pending(shared_mailbox, mail_us
 def test_it_moves_a_pending_change_to_the_right_message_after_renumbering(
     make_mailbox, mail_user, bob
 ):
-    mailbox = make_mailbox(mail_user, folders=["Cases"])
+    mailbox = make_mailbox(mail_user, folders=["Cases"], agents=(bob,))
     mail_user.create_folder("Cases")
     first = make_mail("First case")
     second = make_mail("Second case")

@@ -98,7 +98,7 @@ def test_it_pushes_a_flag_change_through_a_real_worker(worker, shared_mailbox, m
 def test_changes_made_while_no_worker_ran_all_arrive_once_when_it_starts(
     empty_broker, recorded_user, make_mailbox, bob, request
 ):
-    mailbox = make_mailbox(recorded_user, name="recorded")
+    mailbox = make_mailbox(recorded_user, name="recorded", agents=(bob,))
     recorded_user.deliver_bulk(make_mail(f"Queued {n}") for n in range(100))
     sync_mailbox(mailbox)
     messages = list(Message.objects.filter(folder__mailbox=mailbox))

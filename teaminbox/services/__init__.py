@@ -13,7 +13,7 @@ set_flag``). ``outgoing`` is not: it enqueues ``teaminbox.tasks``, whose worker 
 
 from __future__ import annotations
 
-from teaminbox.services.access import Actor, actor_id_of
+from teaminbox.services.access import AccessRefused, Actor, actor_id_of
 from teaminbox.services.flags import (
     MESSAGE_ACTIONS,
     ActionRefused,
@@ -24,16 +24,18 @@ from teaminbox.services.flags import (
     set_flag,
     trash_folder,
 )
-from teaminbox.services.memberships import set_membership
+from teaminbox.services.memberships import remove_membership, set_membership
 
 __all__ = [
     "MESSAGE_ACTIONS",
+    "AccessRefused",
     "ActionRefused",
     "Actor",
     "act_on_message",
     "actor_id_of",
     "delete_message",
     "purge_message",
+    "remove_membership",
     "restore_message",
     "set_flag",
     "set_membership",

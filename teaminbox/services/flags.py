@@ -1,5 +1,8 @@
 """Flags, delete, restore and purge of a message, as a person does them in the app:
-the local state at once, an outbox row for the server, history, a push on commit."""
+the local state at once, an outbox row for the server, history, a push on commit.
+
+Each service checks that its actor is an agent or a mailbox admin of the message's
+mailbox (``access.require_role``) before it changes anything."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ import re
 
 from django.db import transaction
 
-from mailsync.engine.flags import DELETED, SEEN, SYSTEM_FLAGS
+from mailsync import changes
+from mailsync.engine.flags import ANSWERED, DELETED, SEEN, SYSTEM_FLAGS
 from mailsync.enqueue import enqueue_on_commit
 from mailsync.models import Activity, FlagChange, Folder, Mailbox, Message
 from mailsync.tasks import push_flag_changes
-from teaminbox.services.access import Actor, actor_id_of
+from teaminbox.services.access import Actor, Role, actor_id_of, require_role
 
 # An IMAP keyword is an atom: no space, control character or atom-special (RFC 3501 §9)
 KEYWORD = re.compile(r"[^\x00-\x20\x7f(){%*\"\\\]]{1,64}")
@@ -48,7 +52,27 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
     """
     if flag not in SYSTEM_FLAGS and not KEYWORD.fullmatch(flag):
         raise ValueError(f"not a flag we can set: {flag!r}")
+    message = _lock(message, actor)
+    return _set_flag(message, flag, on, actor)
+
+
+@transaction.atomic
+def mark_answered(*, message: Message, author: Actor) -> FlagChange | None:
+    """\\Answered on a message once the author's reply went out (the worker, after SMTP).
+    The author's role was checked when the reply was sent; it is not asked again, so a
+    reply whose author left the team since still marks its original."""
     message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    return _set_flag(message, ANSWERED, True, author)
+
+
+def _lock(message: Message, actor: Actor) -> Message:
+    """The message row, locked for this transaction, once the actor may change it."""
+    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    require_role(actor, message.folder.mailbox_id, Role.AGENT)
+    return message
+
+
+def _set_flag(message: Message, flag: str, on: bool, actor: Actor) -> FlagChange | None:
     if message.has_flag(flag) == on:
         return None
     field = Message.FLAG_FIELDS.get(flag)
@@ -70,7 +94,8 @@ def set_flag(*, message: Message, flag: str, on: bool, actor: Actor) -> FlagChan
         base_modseq=message.modseq,
         actor_id=actor_id_of(actor),
     )
-    _record(message, actor, "flag_added" if on else "flag_removed", {"flag": flag})
+    verb = Activity.Verb.FLAG_ADDED if on else Activity.Verb.FLAG_REMOVED
+    _record(message, actor, verb, {"flag": flag})
     enqueue_on_commit(push_flag_changes, message.folder_id)
     return change
 
@@ -83,9 +108,7 @@ def trash_folder(mailbox: Mailbox) -> Folder | None:
 def delete_message(*, message: Message, actor: Actor) -> None:
     """Delete as the mailbox is set up: MOVE to Trash where the server has one (the row
     follows the message there), else set \\Deleted and leave the purge to a person."""
-    message = (
-        Message.objects.select_for_update().select_related("folder__mailbox").get(pk=message.pk)
-    )
+    message = _lock(message, actor)
     if message.moving_to_id is not None:
         return  # already on its way
     mailbox = message.folder.mailbox
@@ -95,16 +118,16 @@ def delete_message(*, message: Message, actor: Actor) -> None:
         and trash is not None
         and message.folder_id != trash.pk
     ):
-        _queue_move(message=message, target=trash, actor=actor, verb="deleted")
+        _queue_move(message=message, target=trash, actor=actor, verb=Activity.Verb.DELETED)
     else:
-        set_flag(message=message, flag=DELETED, on=True, actor=actor)
+        _set_flag(message, DELETED, True, actor)
 
 
 @transaction.atomic
 def restore_message(*, message: Message, actor: Actor) -> None:
     """Undo a delete: cancel the move still waiting, move it back out of Trash, or clear
     \\Deleted."""
-    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    message = _lock(message, actor)
     if message.moving_to_id is not None:
         cancelled = FlagChange.objects.filter(
             message=message, kind=FlagChange.Kind.MOVE, state=FlagChange.State.PENDING
@@ -113,17 +136,19 @@ def restore_message(*, message: Message, actor: Actor) -> None:
             raise ActionRefused("The move is being sent right now; undo it in a moment.")
         message.moving_to = None
         message.save(update_fields=["moving_to"])
-        _record(message, actor, "restored", {})
+        _record(message, actor, Activity.Verb.RESTORED, {})
     elif message.moved_from_id is not None and message.moved_from is not None:
-        _queue_move(message=message, target=message.moved_from, actor=actor, verb="restored")
+        _queue_move(
+            message=message, target=message.moved_from, actor=actor, verb=Activity.Verb.RESTORED
+        )
     elif message.deleted:
-        set_flag(message=message, flag=DELETED, on=False, actor=actor)
+        _set_flag(message, DELETED, False, actor)
 
 
 @transaction.atomic
 def purge_message(*, message: Message, actor: Actor) -> None:
     """Remove a message marked \\Deleted for good: ``UID EXPUNGE`` of its UID only."""
-    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    message = _lock(message, actor)
     if not message.deleted:
         raise ActionRefused("Only a message marked deleted can be purged.")
     FlagChange.objects.create(
@@ -134,7 +159,7 @@ def purge_message(*, message: Message, actor: Actor) -> None:
         kind=FlagChange.Kind.EXPUNGE,
         actor_id=actor_id_of(actor),
     )
-    _record(message, actor, "purged", {})
+    _record(message, actor, Activity.Verb.PURGED, {})
     enqueue_on_commit(push_flag_changes, message.folder_id)
 
 
@@ -155,10 +180,10 @@ def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) ->
 
 
 def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]) -> None:
-    Activity.objects.create(
-        mailbox_id=message.folder.mailbox_id,
+    changes.record(
+        mailbox=message.folder.mailbox_id,
         message=message,
-        actor_id=actor_id_of(actor),
+        actor=actor_id_of(actor),
         source=Activity.Source.APP,
         verb=verb,
         detail=detail,

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from mailsync import changes
 from mailsync.engine.compose import (
     HeaderError,
     OutgoingMail,
@@ -48,18 +49,19 @@ from mailsync.engine.reply_text import forward_body, quoted_reply, reply_recipie
 from mailsync.enqueue import publish_now
 from mailsync.ingest import store_blobs
 from mailsync.models import Activity, Mailbox, Message
+from teaminbox import delivery
 from teaminbox.models import OutgoingAttachment, OutgoingMessage
-from teaminbox.services.access import Actor, actor_id_of
+from teaminbox.services.access import Actor, Role, actor_id_of, require_author, require_role
 from teaminbox.tasks import send_outgoing
 
 log = logging.getLogger(__name__)
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024  # in total per message, before base64
 VERBS = {
-    OutgoingMessage.Kind.REPLY: "replied",
-    OutgoingMessage.Kind.REPLY_ALL: "replied_to_all",
-    OutgoingMessage.Kind.FORWARD: "forwarded",
-    OutgoingMessage.Kind.NEW: "sent_new_message",
+    OutgoingMessage.Kind.REPLY: Activity.Verb.REPLIED,
+    OutgoingMessage.Kind.REPLY_ALL: Activity.Verb.REPLIED_TO_ALL,
+    OutgoingMessage.Kind.FORWARD: Activity.Verb.FORWARDED,
+    OutgoingMessage.Kind.NEW: Activity.Verb.SENT_NEW_MESSAGE,
 }
 EDITABLE_FIELDS = ("to", "cc", "bcc", "subject", "body_text")
 
@@ -98,6 +100,7 @@ def start_reply(*, message: Message, kind: str, actor: Actor) -> OutgoingMessage
     if kind not in OutgoingMessage.Kind.values or kind == OutgoingMessage.Kind.NEW:
         raise ValueError(f"not a reply kind: {kind!r}")
     mailbox = message.folder.mailbox
+    require_role(actor, mailbox, Role.AGENT)
     parsed = parse_message(message.blob.read())
     to: tuple[Recipient, ...] = ()
     cc: tuple[Recipient, ...] = ()
@@ -133,6 +136,7 @@ def start_reply(*, message: Message, kind: str, actor: Actor) -> OutgoingMessage
 def open_reply(*, message: Message, kind: str, actor: Actor) -> OutgoingMessage:
     """The person's unsent draft of this kind for this message, else a new one: opening
     "Reply" twice (or reloading) continues the autosaved draft."""
+    require_role(actor, message.folder.mailbox_id, Role.AGENT)
     existing = (
         OutgoingMessage.objects.filter(
             in_reply_to=message,
@@ -158,7 +162,7 @@ def save_draft(
     actor: Actor,
 ) -> OutgoingMessage:
     """Autosave: store what was typed as is (checked only when sending)."""
-    draft = _lock_draft(draft)
+    draft = _lock_draft(draft, actor)
     draft.to, draft.cc, draft.bcc = to, cc, bcc
     draft.subject, draft.body_text = subject, body_text
     draft.save(update_fields=[*EDITABLE_FIELDS, "updated_at"])
@@ -169,7 +173,7 @@ def save_draft(
 def add_attachment(
     *, draft: OutgoingMessage, filename: str, content_type: str, data: bytes, actor: Actor
 ) -> OutgoingAttachment:
-    draft = _lock_draft(draft)
+    draft = _lock_draft(draft, actor)
     total = sum(a.size for a in draft.attachments.all()) + len(data)
     if total > MAX_ATTACHMENT_BYTES:
         raise ReplyInvalid(
@@ -189,13 +193,13 @@ def add_attachment(
 
 @transaction.atomic
 def remove_attachment(*, draft: OutgoingMessage, attachment_id: int, actor: Actor) -> None:
-    draft = _lock_draft(draft)
+    draft = _lock_draft(draft, actor)
     draft.attachments.filter(pk=attachment_id).delete()
 
 
 @transaction.atomic
 def discard_draft(*, draft: OutgoingMessage, actor: Actor) -> None:
-    _lock_draft(draft).delete()
+    _lock_draft(draft, actor).delete()
 
 
 # -- sending -----------------------------------------------------------------------------
@@ -261,7 +265,7 @@ def send_reply(*, draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
     Raises ReplyInvalid (nothing changes) or NotADraft (already queued: a double-click or
     a resubmitted form sends nothing twice).
     """
-    draft = _lock_draft(draft)
+    draft = _lock_draft(draft, actor)
     recipients = check_draft(draft)
     mailbox = draft.mailbox
     original = draft.in_reply_to
@@ -307,10 +311,10 @@ def send_reply(*, draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
     draft.queued_at = timezone.now()
     draft.last_error = ""
     draft.save()
-    Activity.objects.create(
+    changes.record(
         mailbox=mailbox,
         message=original,
-        actor_id=actor_id_of(actor),
+        actor=actor_id_of(actor),
         source=Activity.Source.APP,
         verb=VERBS[OutgoingMessage.Kind(draft.kind)],
         detail={
@@ -330,23 +334,31 @@ def retry_outgoing(*, outgoing: OutgoingMessage, actor: Actor) -> OutgoingMessag
     """A person decided a failed message should go out (again): the same bytes and
     Message-ID, so a recipient who did get the first copy can recognise the second."""
     outgoing = OutgoingMessage.objects.select_for_update().get(pk=outgoing.pk)
+    require_role(actor, outgoing.mailbox_id, Role.AGENT)
     if outgoing.state != OutgoingMessage.State.FAILED:
         raise NotADraft(f"only a failed message can be retried (this one is {outgoing.state})")
     outgoing.state = OutgoingMessage.State.QUEUED
     outgoing.queued_at = timezone.now()
     outgoing.attempts = 0
     outgoing.save(update_fields=["state", "queued_at", "attempts", "updated_at"])
-    Activity.objects.create(
-        mailbox_id=outgoing.mailbox_id,
-        message_id=outgoing.in_reply_to_id,
-        actor_id=actor_id_of(actor),
+    changes.record(
+        mailbox=outgoing.mailbox_id,
+        message=outgoing.in_reply_to_id,
+        actor=actor_id_of(actor),
         source=Activity.Source.APP,
-        verb="reply_retried",
+        verb=Activity.Verb.REPLY_RETRIED,
         detail={"outgoing": outgoing.pk},
     )
     outgoing_id = outgoing.pk
     transaction.on_commit(lambda: enqueue_delivery(outgoing_id))
     return outgoing
+
+
+def save_to_sent(*, outgoing: OutgoingMessage, actor: Actor) -> delivery.SentCopyAttempt | None:
+    """A person's "Save to Sent": try the copy of sent mail now, whatever its backoff (the
+    worker side does it; it never sends the mail again). None: nothing to do right now."""
+    require_role(actor, outgoing.mailbox_id, Role.AGENT)
+    return delivery.save_sent_copy(outgoing.pk, actor=actor)
 
 
 def enqueue_delivery(outgoing_id: int) -> None:
@@ -358,12 +370,14 @@ def enqueue_delivery(outgoing_id: int) -> None:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _lock_draft(draft: OutgoingMessage) -> OutgoingMessage:
+def _lock_draft(draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
+    """The draft row, locked, once the actor is its author and still an agent."""
     locked = (
         OutgoingMessage.objects.select_for_update(of=("self",))
         .select_related("mailbox", "in_reply_to")
         .get(pk=draft.pk)
     )
+    require_author(actor, locked)
     if locked.state != OutgoingMessage.State.DRAFT:
         raise NotADraft(f"this message is {locked.get_state_display().lower()}, not a draft")
     return locked

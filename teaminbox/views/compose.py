@@ -1,7 +1,8 @@
 """Reply, reply all, forward: the compose page, its autosave, and retrying a failed send.
 
 Only agents and admins write mail (a viewer gets 403, a non-member 404); a draft belongs to
-its author, so two colleagues never overwrite each other's autosaves.
+its author, so two colleagues never overwrite each other's autosaves. The rules are the
+services' (``teaminbox.services.access``); these views only ask for the role they need.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from mailsync.models import Mailbox
-from teaminbox.models import Membership, OutgoingMessage
-from teaminbox.queries import get_mailbox_for, get_message_for, role_in
+from teaminbox.models import OutgoingMessage
+from teaminbox.queries import get_draft_for, get_mailbox_for, get_message_for, get_outgoing_for
 from teaminbox.services import outgoing as outgoing_mail
+from teaminbox.services.access import Role
 from teaminbox.services.outgoing import NotADraft, ReplyInvalid
-from teaminbox.views.types import HtmxHttpRequest
+from teaminbox.views.types import AuthenticatedHttpRequest
 
 REPLY_KINDS = {
     OutgoingMessage.Kind.REPLY,
@@ -48,25 +50,6 @@ class ComposeForm(forms.Form):
         }
 
 
-def _can_act(request: HtmxHttpRequest, mailbox: Mailbox) -> bool:
-    return role_in(request.user, mailbox) in {Membership.Role.AGENT, Membership.Role.ADMIN}
-
-
-def _forbidden() -> HttpResponse:
-    return HttpResponse("Viewers cannot send mail from this mailbox.", status=403)
-
-
-def _get_outgoing_for(mailbox: Mailbox, outgoing_id: int) -> OutgoingMessage:
-    outgoing = (
-        OutgoingMessage.objects.select_related("mailbox", "in_reply_to", "author")
-        .filter(pk=outgoing_id, mailbox=mailbox)
-        .first()
-    )
-    if outgoing is None:
-        raise Http404("No such draft")
-    return outgoing
-
-
 def _back_to(outgoing: OutgoingMessage) -> HttpResponseRedirect:
     """The message answered (its history shows the reply), else the inbox."""
     if outgoing.in_reply_to_id is not None:
@@ -77,12 +60,10 @@ def _back_to(outgoing: OutgoingMessage) -> HttpResponseRedirect:
 
 
 @login_required
-def reply(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+def reply(request: AuthenticatedHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     """Open (or continue) the person's draft answering this message, then edit it."""
-    box = get_mailbox_for(request.user, mailbox)
+    box = get_mailbox_for(request.user, mailbox, role=Role.AGENT)
     message = get_message_for(request.user, box, message_id)
-    if not _can_act(request, box):
-        return _forbidden()
     kind = request.GET.get("kind", OutgoingMessage.Kind.REPLY)
     if kind not in REPLY_KINDS:
         return HttpResponseBadRequest(
@@ -93,15 +74,11 @@ def reply(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpRespon
 
 
 @login_required
-def compose(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
-    box = get_mailbox_for(request.user, mailbox)
-    if not _can_act(request, box):
-        return _forbidden()
-    outgoing = _get_outgoing_for(box, outgoing_id)
+def compose(request: AuthenticatedHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox, role=Role.AGENT)
+    outgoing = get_draft_for(request.user, box, outgoing_id)
     if not outgoing.is_draft:
         return _back_to(outgoing)
-    if outgoing.author_id != request.user.pk:
-        return HttpResponse("This draft belongs to a colleague.", status=403)
 
     errors: dict[str, str] = {}
     if request.method == "POST":
@@ -134,7 +111,7 @@ def compose(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpRes
 
 
 def _handle_post(
-    request: HtmxHttpRequest, box: Mailbox, outgoing: OutgoingMessage, form: ComposeForm
+    request: AuthenticatedHttpRequest, box: Mailbox, outgoing: OutgoingMessage, form: ComposeForm
 ) -> HttpResponse:
     if "discard" in request.POST:
         outgoing_mail.discard_draft(draft=outgoing, actor=request.user)
@@ -161,14 +138,10 @@ def _handle_post(
 
 @login_required
 @require_POST
-def draft_save(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
+def draft_save(request: AuthenticatedHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
     """Autosave (htmx, a second after typing stops): answers with the "Saved" line."""
-    box = get_mailbox_for(request.user, mailbox)
-    if not _can_act(request, box):
-        return _forbidden()
-    outgoing = _get_outgoing_for(box, outgoing_id)
-    if outgoing.author_id != request.user.pk:
-        return HttpResponse("This draft belongs to a colleague.", status=403)
+    box = get_mailbox_for(request.user, mailbox, role=Role.AGENT)
+    outgoing = get_draft_for(request.user, box, outgoing_id)
     form = ComposeForm(request.POST)
     notice = ""
     if not form.is_valid():
@@ -189,12 +162,12 @@ def draft_save(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> Http
 
 @login_required
 @require_POST
-def outgoing_retry(request: HtmxHttpRequest, mailbox: str, outgoing_id: int) -> HttpResponse:
+def outgoing_retry(
+    request: AuthenticatedHttpRequest, mailbox: str, outgoing_id: int
+) -> HttpResponse:
     """A person checked a failed message and wants it sent (again)."""
-    box = get_mailbox_for(request.user, mailbox)
-    if not _can_act(request, box):
-        return _forbidden()
-    outgoing = _get_outgoing_for(box, outgoing_id)
+    box = get_mailbox_for(request.user, mailbox, role=Role.AGENT)
+    outgoing = get_outgoing_for(request.user, box, outgoing_id)
     try:
         outgoing_mail.retry_outgoing(outgoing=outgoing, actor=request.user)
     except NotADraft as exc:

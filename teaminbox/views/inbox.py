@@ -7,13 +7,13 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
 from teaminbox.queries import get_mailbox_for, inbox_folder, inbox_messages, mailboxes_for
-from teaminbox.views.types import HtmxHttpRequest
+from teaminbox.views.types import AuthenticatedHttpRequest
 
 PAGE_SIZE = 50
 
 
 @login_required
-def home(request: HtmxHttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     mailboxes = list(mailboxes_for(request.user))
     if len(mailboxes) == 1:
         return redirect("inbox", mailbox=mailboxes[0].name)
@@ -28,7 +28,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
 
 
 @login_required
-def sync_status(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
+def sync_status(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
     """The sync status line, polled by the page while a sync runs."""
     box = get_mailbox_for(request.user, mailbox)
     response = render(request, "_partials/sync_status.html", {"mailbox": box})
@@ -38,7 +38,7 @@ def sync_status(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
 
 
 @login_required
-def inbox(request: HtmxHttpRequest, mailbox: str) -> HttpResponse:
+def inbox(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     folder = inbox_folder(box, request.GET.get("folder"))
     page = None

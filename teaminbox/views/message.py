@@ -14,9 +14,9 @@ from mailsync.extract import extract_for_reader
 from mailsync.models import Attachment, FlagChange, Mailbox, Message
 from teaminbox import services
 from teaminbox.htmlsafe import sanitize_email_html
-from teaminbox.models import Membership
-from teaminbox.queries import get_attachment_for, get_mailbox_for, get_message_for, role_in
-from teaminbox.views.types import HtmxHttpRequest
+from teaminbox.queries import get_attachment_for, get_mailbox_for, get_message_for
+from teaminbox.services.access import Role, may
+from teaminbox.views.types import AuthenticatedHttpRequest
 
 # Served inline (e.g. cid: images); anything else is a download. No SVG: it can script.
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"}
@@ -27,12 +27,13 @@ BODY_CSP = (
 REMOTE_IMAGES_CSP = BODY_CSP.replace("img-src 'self' data:", "img-src 'self' data: https: http:")
 
 
-def _context(request: HtmxHttpRequest, mailbox: Mailbox, message: Message) -> dict[str, object]:
-    role = role_in(request.user, mailbox)
+def _context(
+    request: AuthenticatedHttpRequest, mailbox: Mailbox, message: Message
+) -> dict[str, object]:
     return {
         "mailbox": mailbox,
         "message": message,
-        "can_act": role in {Membership.Role.AGENT, Membership.Role.ADMIN},
+        "can_act": may(request.user, mailbox, Role.AGENT),  # which buttons to show
         "sending": message.flag_changes.filter(
             state__in=[FlagChange.State.PENDING, FlagChange.State.SENDING]
         ).exists(),
@@ -40,7 +41,7 @@ def _context(request: HtmxHttpRequest, mailbox: Mailbox, message: Message) -> di
 
 
 @login_required
-def message_page(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+def message_page(request: AuthenticatedHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
     # Listed before its text was extracted (a large first sync): extract it now rather
@@ -67,7 +68,7 @@ def message_page(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Htt
 
 
 @login_required
-def message_body(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+def message_body(request: AuthenticatedHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
     """The sanitized HTML body, for the sandboxed iframe on the message page."""
     box = get_mailbox_for(request.user, mailbox)
     message = get_message_for(request.user, box, message_id)
@@ -91,7 +92,7 @@ def message_body(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Htt
 
 @login_required
 def attachment(
-    request: HtmxHttpRequest, mailbox: str, message_id: int, attachment_id: int
+    request: AuthenticatedHttpRequest, mailbox: str, message_id: int, attachment_id: int
 ) -> HttpResponseBase:
     box = get_mailbox_for(request.user, mailbox)
     part: Attachment = get_attachment_for(request.user, box, attachment_id)
@@ -116,8 +117,8 @@ def attachment(
 
 @login_required
 @require_POST
-def flag_action(request: HtmxHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
-    box = get_mailbox_for(request.user, mailbox)
+def flag_action(request: AuthenticatedHttpRequest, mailbox: str, message_id: int) -> HttpResponse:
+    box = get_mailbox_for(request.user, mailbox, role=Role.AGENT)
     message = get_message_for(request.user, box, message_id)
     action = request.POST.get("action", "")
     if action not in services.MESSAGE_ACTIONS:
@@ -125,9 +126,6 @@ def flag_action(request: HtmxHttpRequest, mailbox: str, message_id: int) -> Http
             "Unknown action: use read, unread, delete, undelete or purge.",
             content_type="text/plain",
         )
-    context = _context(request, box, message)
-    if not context["can_act"]:
-        return HttpResponse("Viewers cannot change messages.", status=403)
     try:
         services.act_on_message(message=message, action=action, actor=request.user)
     except services.ActionRefused as refused:

@@ -10,3 +10,10 @@ class HtmxHttpRequest(HttpRequest):
 
     htmx: HtmxDetails
     user: AbstractBaseUser | AnonymousUser  # type: ignore[assignment]
+
+
+class AuthenticatedHttpRequest(HtmxHttpRequest):
+    """What a ``@login_required`` view receives (healthchecks' ``hc/accounts/http.py``):
+    a signed-in user, so services get a person as their actor."""
+
+    user: AbstractBaseUser

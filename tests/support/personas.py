@@ -43,8 +43,9 @@ MailboxFactory = Callable[..., Any]
 
 @pytest.fixture
 def make_mailbox(db: Any) -> MailboxFactory:
-    """Create a Mailbox row pointing at a Dovecot test user."""
+    """Create a Mailbox row pointing at a Dovecot test user (``agents``: its members)."""
     from mailsync.models import Mailbox
+    from teaminbox.models import Membership
 
     def make(
         user: MailUser,
@@ -53,6 +54,7 @@ def make_mailbox(db: Any) -> MailboxFactory:
         folders: list[str] | None = None,
         password: str | None = None,
         delete_mode: str = "flag",
+        agents: tuple[User, ...] = (),
     ) -> Mailbox:
         mailbox = Mailbox(
             name=name,
@@ -67,6 +69,8 @@ def make_mailbox(db: Any) -> MailboxFactory:
         )
         mailbox.set_password(password if password is not None else user.password)
         mailbox.save()
+        for agent in agents:  # the services act only for members (teaminbox.services.access)
+            Membership.objects.create(user=agent, mailbox=mailbox, role=Membership.Role.AGENT)
         return mailbox
 
     return make
