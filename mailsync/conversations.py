@@ -8,7 +8,7 @@ they decide. Ingest calls it once per batch, inside the batch's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -181,14 +181,21 @@ def insert_thread_references(mailbox_id: int, references: Sequence[tuple[int, st
 
 
 @transaction.atomic
-def merge_conversations(*, survivor_id: int, merged_ids: Sequence[int]) -> None:
+def merge_conversations(
+    *, survivor_id: int, merged_ids: Sequence[int], announce: bool = True
+) -> list[int]:
     """Make ``merged_ids`` part of ``survivor_id``: their messages and everything keyed on
     them move over (see ``Conversation``), the survivor spans all their dates and takes
     the subject of the earliest, and each merged one is kept pointing at the survivor, so
-    its URL redirects; earlier redirects to them now point at the survivor too."""
+    its URL redirects; earlier redirects to them now point at the survivor too.
+
+    Returns the ids merged. ``announce=False`` leaves the history row and the change
+    counter to the caller (``announce_merges``, once for a batch, after its last merge):
+    the counter row stays locked until commit, and a second merge that waited for a
+    message row a person has locked, while holding it, could deadlock with them."""
     merged_ids = [pk for pk in merged_ids if pk != survivor_id]
     if not merged_ids:
-        return
+        return []
     conversations = {
         c.pk: c
         for c in Conversation.objects.select_for_update().filter(pk__in=[survivor_id, *merged_ids])
@@ -211,12 +218,25 @@ def merge_conversations(*, survivor_id: int, merged_ids: Sequence[int]) -> None:
     survivor.first_message_at = _earliest(spans["first"], survivor.first_message_at)
     survivor.last_message_at = _latest(spans["last"], *(c.last_message_at for c in merged))
     survivor.save(update_fields=["subject", "first_message_at", "last_message_at"])
-    changes.record(
-        mailbox=survivor.mailbox_id,
-        conversation=survivor,
-        source=Activity.Source.SYSTEM,
-        verb=Activity.Verb.CONVERSATIONS_MERGED,
-        detail={"merged": sorted(merged_ids)},
+    if announce:
+        announce_merges(survivor.mailbox_id, {survivor.pk: merged_ids})
+    return merged_ids
+
+
+def announce_merges(mailbox_id: int, merges: Mapping[int, Sequence[int]]) -> None:
+    """The history rows of merges (survivor id -> merged ids), one change number."""
+    changes.record_all(
+        mailbox=mailbox_id,
+        entries=[
+            changes.Entry(
+                conversation_id=survivor,
+                source=Activity.Source.SYSTEM,
+                verb=Activity.Verb.CONVERSATIONS_MERGED,
+                detail={"merged": sorted(merged)},
+            )
+            for survivor, merged in merges.items()
+        ],
+        conversation_ids=[pk for merged in merges.values() for pk in merged],
     )
 
 

@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from mailsync import changes
 from mailsync.conversations import (
+    announce_merges,
     facts_of,
     insert_thread_references,
     lock_threading,
@@ -306,14 +307,19 @@ def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
     known = [facts_of(m, ("stored", m.id), own) for m in stored]
     fresh: list[tuple[Conversation, list[Message]]] = []
     touched: dict[int, list[Message]] = {}
+    merges: dict[int, list[int]] = {}
     for group in link(new, known):
         members = [by_key[key] for key in group.new]
         if group.survivor is None:
             fresh.append((Conversation(mailbox_id=folder.mailbox_id), members))
             continue
         if group.merged:
-            merge_conversations(survivor_id=group.survivor, merged_ids=group.merged)
+            merges[group.survivor] = merge_conversations(
+                survivor_id=group.survivor, merged_ids=group.merged, announce=False
+            )
         touched[group.survivor] = members
+    if any(merges.values()):  # after the last merge (see merge_conversations)
+        announce_merges(folder.mailbox_id, {s: m for s, m in merges.items() if m})
     for conversation, members in fresh:
         first = min(members, key=_when)
         conversation.subject = first.subject[:1000]

@@ -129,9 +129,10 @@ def flag_action(request: AuthenticatedHttpRequest, mailbox: str, message_id: int
     try:
         services.act_on_message(message=message, action=action, actor=request.user)
     except services.ActionRefused as refused:
+        if request.htmx:  # swapped in where the buttons were (base.html's responseHandling)
+            sentence = {"exception": str(refused)}
+            return render(request, "_partials/refused.html", sentence, status=409)
         messages.warning(request, str(refused))
-        if request.htmx:
-            return HttpResponse(str(refused), status=409, content_type="text/plain")
     message.refresh_from_db()
     context = _context(request, box, message)
     if request.htmx:
