@@ -10,13 +10,14 @@ from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from mailsync import extract, outbox, runner
 from mailsync.engine.errors import MailError
-from mailsync.enqueue import enqueue_on_commit
+from mailsync.enqueue import enqueue_on_commit, publish_now
 from mailsync.leases import FolderBusy, abandoned_mailbox_ids
 from mailsync.models import Folder, Mailbox
 from mailsync.outages import OK, log_state_change
@@ -87,6 +88,7 @@ def _working_again(task: Task[Any, Any]) -> None:
 
 @shared_task(bind=True, name="mailsync.sync_mailbox", acks_late=True)
 def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
+    _started(f"mailbox:{mailbox_id}")
     mailbox = Mailbox.objects.filter(pk=mailbox_id, is_active=True).first()
     if mailbox is None:
         return
@@ -111,6 +113,7 @@ def sync_mailbox(self: Task[Any, Any], mailbox_id: int) -> None:
 
 @shared_task(bind=True, name="mailsync.sync_folder", acks_late=True)
 def sync_folder(self: Task[Any, Any], folder_id: int) -> None:
+    _started(f"folder:{folder_id}")
     try:
         runner.sync_folder_by_id(folder_id)
         enqueue_extraction(Folder.objects.get(pk=folder_id).mailbox, folder_id=folder_id)
@@ -211,3 +214,42 @@ def sweep_flag_outbox() -> None:
     outbox.release_stale_claims()
     for folder_id in outbox.folders_with_pending_changes():
         push_flag_changes.delay(folder_id)
+
+
+# While a sync is queued and not started, another request for it is dropped: the queued
+# sync reads whatever changed before it starts. The mark expires, so a task lost with its
+# worker or broker does not block the next request for long.
+QUEUED_MARK_SECONDS = 60
+
+
+def request_folder_sync(folder_id: int) -> bool:
+    """The IDLE watcher's hint: sync this folder soon, unless a sync of it is already
+    queued. One quick publish (``publish_now``): a broker outage does not block the
+    caller. Returns whether a task was published."""
+    return _publish_once(f"folder:{folder_id}", sync_folder, folder_id)
+
+
+def request_mailbox_sync(mailbox_id: int) -> bool:
+    """As ``request_folder_sync``, for a mailbox whose folders were never listed yet."""
+    return _publish_once(f"mailbox:{mailbox_id}", sync_mailbox, mailbox_id)
+
+
+def _publish_once(what: str, task: Task[Any, Any], item_id: int) -> bool:
+    key = f"mailsync:sync-queued:{what}"
+    try:
+        if not cache.add(key, 1, QUEUED_MARK_SECONDS):
+            return False
+    except Exception as exc:  # the cache down (Redis): publish anyway, duplicates are harmless
+        log.debug("sync dedup mark not set: %s", exc)
+    if publish_now(task, item_id):
+        return True
+    _started(what)
+    return False
+
+
+def _started(what: str) -> None:
+    """A queued sync starts: later changes need a sync of their own."""
+    try:
+        cache.delete(f"mailsync:sync-queued:{what}")
+    except Exception as exc:
+        log.debug("sync dedup mark not cleared: %s", exc)

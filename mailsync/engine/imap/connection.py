@@ -202,6 +202,10 @@ class ImapConnection:
         except Exception:
             safe_shutdown(self._client)
 
+    def abandon(self) -> None:
+        """Close the socket without LOGOUT: a connection that failed may never answer one."""
+        safe_shutdown(self._client)
+
     @property
     def has_condstore(self) -> bool:
         return "CONDSTORE" in self.capabilities or "QRESYNC" in self.capabilities
