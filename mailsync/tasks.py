@@ -142,8 +142,17 @@ def push_flag_changes(self: Task[Any, Any], folder_id: int) -> None:
         log_state_change(
             log, _what(self), "failing", "%s: %s; the outbox sweeper retries", _what(self), exc
         )
+        # Staff changes wait on a server we cannot reach: the mailbox says so now, not at
+        # beat's next sync (up to a minute later, or never while the outage lasts less).
+        Mailbox.objects.filter(folders__pk=folder_id).update(
+            sync_status=Mailbox.SyncStatus.ERROR, last_error=str(exc)[:2000]
+        )
         return
     _working_again(self)
+    # Reachable again: a sync finds out whether the mailbox is in step, and says so.
+    failing = Mailbox.objects.filter(folders__pk=folder_id, sync_status=Mailbox.SyncStatus.ERROR)
+    for mailbox_id in failing.values_list("pk", flat=True):
+        start_mailbox_sync(mailbox_id)
 
 
 @shared_task(name="mailsync.extract_messages", acks_late=True)
@@ -179,6 +188,19 @@ def enqueue_extraction(
 def sweep_extraction() -> None:
     """Messages whose extraction task was lost (a worker crash, a broker outage)."""
     enqueue_extraction(None, created_before=timezone.now() - timedelta(minutes=10))
+
+
+def show_broker_outage(reason: str) -> None:
+    """Beat cannot publish, so no sync, push or sweep runs: every active mailbox says so
+    within beat's shortest interval (5 s), not "ok" with an ever older time. Beat's sync
+    of every mailbox once it publishes again puts each right."""
+    Mailbox.objects.filter(is_active=True).update(
+        sync_status=Mailbox.SyncStatus.ERROR,
+        last_error=(
+            f"background work is stopped: the task queue cannot be reached ({reason}); "
+            "staff changes wait and are sent when it is back"
+        )[:2000],
+    )
 
 
 @shared_task(name="mailsync.sync_all_mailboxes")

@@ -7,7 +7,7 @@ from celery import Celery
 from celery.app import trace
 from celery.beat import PersistentScheduler, ScheduleEntry
 from celery.signals import after_setup_logger
-from kombu import Producer
+from kombu import Connection, Producer
 
 from mailsync.outages import OK, log_state_change
 
@@ -47,13 +47,46 @@ class BeatScheduler(PersistentScheduler):
     could not be published is not sent late: the next due time sends it, and the
     sweepers it starts find whatever waited meanwhile."""
 
+    def _ensure_connected(self) -> Connection:
+        # Celery's own (private, overridden on purpose): a tick waits here, retrying, for as
+        # long as the broker is down, so apply_entry below is not reached in an outage; and
+        # Celery logs every retry. One line, and the mailboxes told, instead.
+        def broker_down(exc: Exception, interval: float) -> None:
+            if log_state_change(
+                log, "beat: broker", "down", "beat cannot publish due tasks: %s", exc
+            ):
+                _show_broker_outage(exc)
+
+        connection: Connection = self.connection.ensure_connection(
+            broker_down, self.app.conf.broker_connection_max_retries
+        )
+        return connection
+
     def apply_entry(self, entry: ScheduleEntry, producer: Producer | None = None) -> None:
         log.debug("sending due task %s (%s)", entry.name, entry.task)
         try:
             self.apply_async(entry, producer=producer, advance=False)
         except Exception as exc:  # a SchedulingError around kombu's or redis' own
-            log_state_change(log, "beat: broker", "down", "beat cannot publish due tasks: %s", exc)
+            if log_state_change(
+                log, "beat: broker", "down", "beat cannot publish due tasks: %s", exc
+            ):
+                _show_broker_outage(exc)
             return
-        log_state_change(
-            log, "beat: broker", OK, "beat publishes due tasks again", level=logging.INFO
-        )
+        if (
+            log_state_change(
+                log, "beat: broker", OK, "beat publishes due tasks again", level=logging.INFO
+            )
+            and "sync-all-mailboxes" in self.schedule
+        ):
+            # The mailboxes said that nothing runs: a sync of each says how they are now.
+            self.apply_async(self.schedule["sync-all-mailboxes"], producer=producer, advance=False)
+
+
+def _show_broker_outage(exc: Exception) -> None:
+    # Imported here: this module is loaded before Django's apps are ready.
+    from mailsync.tasks import show_broker_outage
+
+    try:
+        show_broker_outage(str(exc))
+    except Exception as error:  # the database may be down too; the log line stands
+        log.warning("beat could not mark the mailboxes: %s", error)

@@ -5,13 +5,13 @@ once) and Redis; the SQLite run deselects them by their ``chaos`` marker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
-from tests.support.chaos import OwnRedis, replay_hint
+from tests.support.chaos import OwnRedis, Production, child_env, replay_hint
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +56,22 @@ def app_on_own_redis(own_redis: OwnRedis, monkeypatch: pytest.MonkeyPatch) -> It
     yield
     app.conf.update(broker_url=previous)
     forget_broker_connections()
+
+
+@pytest.fixture
+def production(own_redis: OwnRedis, tmp_path: Path) -> Iterator[Callable[..., Production]]:
+    """``production(SETTING="value", ...)`` starts a worker and beat of the test's own on
+    its own Redis, with those settings; stopped at the end, their log tails printed (shown
+    when the test fails)."""
+    started: list[Production] = []
+
+    def start(**settings: str) -> Production:
+        running = Production(child_env(redis_url=own_redis.url, **settings), tmp_path / "logs")
+        running.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+        print(running.log_tails())

@@ -399,3 +399,63 @@ def staff_mailbox(make_mailbox: Callable[..., Any], user: Any, agent: Any, **opt
     mailbox = make_mailbox(user, **options)
     Membership.objects.create(user=agent, mailbox=mailbox, role=Membership.Role.AGENT)
     return mailbox
+
+
+@dataclass
+class Production:
+    """A Celery worker and beat of the test's own, as production runs them (with the
+    given settings), on the test's own Redis; all stopped at the end."""
+
+    env: dict[str, str]
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.children += [
+            start_worker(self.env, self.log_dir, f"worker-{len(self.children)}"),
+            start_beat(self.env, self.log_dir),
+        ]
+
+    def wait_until_beat_tasks_run(self) -> None:
+        """Until the worker ran a task beat sent (both are up and on the broker)."""
+        worker = self.children[-2]
+        wait_until(
+            lambda: (
+                "mailsync.resume_abandoned_syncs" in worker.log_path.read_text(errors="replace")
+            ),
+            timeout=30,
+            what="the worker to run a task from beat",
+        )
+
+    def stop(self) -> None:
+        # the scenario is over: a worker still busy need not finish its task
+        for child in self.children:
+            child.stop(timeout=3)
+
+    def log_tails(self) -> str:
+        return "\n".join(child.log_tail() for child in self.children)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def stop_dovecot_with_its_sessions(server: Any) -> None:
+    """Stop a Dovecot instance of the test's own as a crash or a restart does: the master
+    and every session process it started (this Dovecot's master leaves open sessions
+    running when it stops, so a client on a kept connection would not notice)."""
+    sessions = _children(server.pid) if server.pid else []
+    server.stop()
+    for pid in sessions:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue

@@ -241,6 +241,11 @@ class DovecotServer:
                 text += "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) + "\n"
         return text
 
+    def start_again(self) -> None:
+        """Start a stopped instance again on its ports, with its users and their mail (a
+        restart, as after an upgrade or a crash)."""
+        self._launch(self.extra_config)
+
     def stop(self) -> None:
         """SIGTERM the master and wait for it (≈1.1 s: it waits 1 s for its log process);
         SIGKILL if it is still there after 10 s."""
