@@ -6,9 +6,12 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from mailsync.models import Activity, DeadLetter, FlagChange, Folder, Mailbox
+from mailsync.models import Activity, DeadLetter, FlagChange, Folder, Mailbox, WatcherLease
 from mailsync.runner import POP3_MAILBOX_NOT_SYNCED, POP3_NOT_AVAILABLE, record_not_synced
 from mailsync.tasks import start_mailbox_sync
 from mailsync.templatetags.history import describe
@@ -115,10 +118,12 @@ class MailboxAdmin(admin.ModelAdmin[Mailbox]):
         "sync_status",
         "last_synced_at",
         "problem",
+        "watcher",
     ]
+    list_select_related = ["watcher"]
     list_filter = ["sync_status", "protocol", "is_active"]
     search_fields = ["name", "email_address", "host", "username"]
-    readonly_fields = ["sync_status", "last_synced_at", "last_error"]
+    readonly_fields = ["sync_status", "last_synced_at", "last_error", "watcher_connections"]
     inlines = [FolderInline]
     actions = ["sync_now"]
 
@@ -128,6 +133,20 @@ class MailboxAdmin(admin.ModelAdmin[Mailbox]):
         if mailbox.protocol != Mailbox.Protocol.IMAP:
             return POP3_MAILBOX_NOT_SYNCED
         return Truncator(mailbox.last_error).words(24)
+
+    @admin.display(description="IDLE watcher")
+    def watcher(self, mailbox: Mailbox) -> str:
+        return watcher_health(mailbox)
+
+    @admin.display(description="IDLE watcher's connections")
+    def watcher_connections(self, mailbox: Mailbox) -> SafeString:
+        lease = _lease(mailbox)
+        lines = lease.detail.splitlines() if lease is not None else []
+        return format_html(
+            "{}{}",
+            watcher_health(mailbox),
+            format_html_join("", "<br>{}", ((line,) for line in lines)),
+        )
 
     def save_model(self, request: HttpRequest, obj: Mailbox, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -167,6 +186,34 @@ class MailboxAdmin(admin.ModelAdmin[Mailbox]):
                 f"Sync started for {started} mailbox(es); see the status column.",
                 messages.SUCCESS,
             )
+
+
+def _lease(mailbox: Mailbox) -> WatcherLease | None:
+    try:
+        return mailbox.watcher
+    except WatcherLease.DoesNotExist:
+        return None
+
+
+def watcher_health(mailbox: Mailbox) -> str:
+    """The watcher's connections in a few words: connected, or backing off (and why),
+    since when; or that no watcher holds the mailbox (none runs, or its holder died)."""
+    if mailbox.protocol != Mailbox.Protocol.IMAP or not mailbox.is_active:
+        return "not watched"
+    lease = _lease(mailbox)
+    if lease is None:
+        return "not watched: no watcher is running (manage.py watchmailboxes)"
+    since = timezone.localtime(lease.since).strftime("%Y-%m-%d %H:%M:%S")
+    if lease.state == WatcherLease.State.STOPPED:
+        return f"not watched: its watcher stopped at {since}"
+    if lease.expires_at < timezone.now():
+        expired = timezone.localtime(lease.expires_at).strftime("%Y-%m-%d %H:%M:%S")
+        return f"not watched: its watcher stopped answering at {expired}"
+    text = f"{lease.get_state_display()} since {since}"
+    if lease.state == WatcherLease.State.BACKING_OFF:
+        problems = [line for line in lease.detail.splitlines() if "backing off" in line]
+        text += ": " + Truncator("; ".join(problems)).words(24)
+    return text
 
 
 class ReadOnlyAdmin(admin.ModelAdmin[Any]):
