@@ -345,6 +345,7 @@ class OtherClient:
     sizes: tuple[int, int] = (1024, 64 * 1024)
     archive: str = "Archive"
     done: list[str] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)  # INBOX UIDs it changed or removed
 
     def act(self, hands_off: Iterable[int] = (), times: int = 4) -> None:
         inbox = [uid for uid in self.user.uids() if uid not in set(hands_off)]
@@ -358,6 +359,7 @@ class OtherClient:
                 continue
             uid = self.rng.choice(inbox)
             inbox.remove(uid)
+            self.touched.add(uid)
             if action == "expunge":
                 self.user.expunge([uid])
             elif action == "move":
