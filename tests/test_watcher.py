@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from mailsync.engine.errors import ServerUnreachable
+from mailsync.engine.imap import ImapSession
 from mailsync.models import Message, WatcherLease
 from tests.support.chaos import wait_until
 from tests.support.dovecot import MailUser
@@ -124,6 +126,22 @@ def arrives(subject: str) -> Callable[[], bool]:
 
 def watching(mailbox_id: int) -> Callable[[], bool]:
     return lambda: lease_state(mailbox_id) == WatcherLease.State.CONNECTED
+
+
+def test_idle_hears_another_clients_mail_and_a_kick_ends_it_instead_of_empty_news(mail_user):
+    """The engine's IDLE on its own: imapclient's idle_check returns [] at once, forever,
+    once the server has closed the connection (#565); ours raises."""
+    with ImapSession.open(mail_user.account(), timeout=10) as imap:
+        imap.select("INBOX")
+        imap.idle_start(timeout=5)
+        mail_user.append(make_mail("Heard in IDLE"))
+        news = wait_until(lambda: imap.idle_wait(1.0), timeout=5, what="IDLE news")
+        assert any(item.kind == "EXISTS" and item.is_change for item in news)
+
+        mail_user.kick()
+        with pytest.raises(ServerUnreachable):
+            for _ in range(5):
+                imap.idle_wait(1.0)
 
 
 @pytest.mark.usefixtures("worker")
