@@ -56,6 +56,8 @@ class MailboxForm(forms.ModelForm[Mailbox]):
             "smtp_username",
             "smtp_password",
             "server_saves_sent",
+            "auto_assign_on_reply",
+            "mark_read_on_open",
         ]
         help_texts = {"protocol": "IMAP. (POP3 sync is not available yet.)"}
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from mailsync.crypto import decrypt_secret, encrypt_secret
@@ -76,6 +76,15 @@ class Mailbox(models.Model):
     server_saves_sent = models.BooleanField(
         default=False,
         help_text="The server files sent mail itself (Gmail): do not APPEND to Sent.",
+    )
+    # the team's workflow (issue 12)
+    auto_assign_on_reply = models.BooleanField(
+        default=False,
+        help_text="Assign an unassigned conversation to whoever replies to it first.",
+    )
+    mark_read_on_open = models.BooleanField(
+        default=True,
+        help_text="Opening a conversation as an agent marks its messages read on the server.",
     )
 
     sync_status = models.CharField(
@@ -231,6 +240,11 @@ class Conversation(models.Model):
       rows are unique per conversation (a one-to-one) keeps the survivor's row.
     """
 
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        PENDING = "pending", "Pending"
+        CLOSED = "closed", "Closed"
+
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="conversations")
     subject = models.TextField(blank=True)  # of its earliest message
     first_message_at = models.DateTimeField(null=True, blank=True)
@@ -239,6 +253,37 @@ class Conversation(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # the team's state (teaminbox.services.conversations writes it; a merge combines it)
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    snoozed_until = models.DateTimeField(null=True, blank=True)  # snoozed while in the future
+
+    # summaries of its live messages for the list, kept by ``conversations.refresh_summaries``
+    message_count = models.IntegerField(default=0)
+    unread_count = models.IntegerField(default=0)
+    has_attachments = models.BooleanField(default=False)
+    latest_message = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    latest_from_customer = models.BooleanField(default=False)
+    latest_sender_name = models.TextField(blank=True)
+    customer_name = models.TextField(blank=True)
+    customer_address = models.TextField(blank=True)
+    snippet = models.CharField(max_length=200, blank=True)
+    # the oldest customer message after the team's last reply; null when the team replied last
+    waiting_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # keyset pagination of the list: newest first, and longest waiting first
+            models.Index(
+                "mailbox", F("last_message_at").desc(), F("id").desc(), name="conversation_newest"
+            ),
+            models.Index(fields=["mailbox", "waiting_since", "id"], name="conversation_waiting"),
+        ]
 
     def __str__(self) -> str:
         return self.subject or f"conversation {self.pk}"

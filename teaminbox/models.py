@@ -160,3 +160,25 @@ class OutgoingAttachment(models.Model):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class Note(models.Model):
+    """An internal note on a conversation: for the team only, never sent to the customer.
+
+    A merge moves it to the surviving conversation (``mailsync.conversations`` moves every
+    row with a foreign key to ``Conversation``)."""
+
+    conversation = models.ForeignKey(
+        "mailsync.Conversation", on_delete=models.CASCADE, related_name="notes"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"note {self.pk} on conversation {self.conversation_id}"
