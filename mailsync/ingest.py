@@ -301,7 +301,7 @@ def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
         folder.mailbox_id,
         folder_ids,
         ids=sorted({i for f in new for i in (f.message_id, *f.references) if i}),
-        digests=[f.digest for f in new],
+        digests=[f.digest for f in new if not f.message_id],  # (else rule 2 finds copies)
         topics=sorted({f.topic for f in new if f.topic}),
     )
     known = [facts_of(m, ("stored", m.id), own) for m in stored]

@@ -10,7 +10,8 @@ message links are merged.
 
 The rules (``link``):
 
-1. the same bytes (a copy in another folder, a refetch after a UIDVALIDITY reset);
+1. the same bytes (a copy in another folder, a refetch after a UIDVALIDITY reset), for
+   mail without a Message-ID (copies with one are found by rule 2);
 2. the same Message-ID *and* the same normalized subject and sender: Message-ID is never
    identity alone (missing ids are normal; a broken mailer gives one id to unrelated mail);
 3. one names the other's Message-ID in its thread headers (References, else In-Reply-To;
@@ -36,7 +37,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -144,30 +145,33 @@ def link(new: Sequence[ThreadFacts], known: Sequence[ThreadFacts]) -> list[Threa
     messages that end up together, in the order of ``new``."""
     groups = _Groups()
     facts = [*known, *new]
-    for fact in facts:
-        groups.add(fact.key)
-    by_conversation: dict[int, Hashable] = {}
-    for fact in known:  # a stored conversation is already one group
-        if fact.conversation is not None:
-            groups.union(by_conversation.setdefault(fact.conversation, fact.key), fact.key)
-    for members in _same(facts, lambda f: (f.digest,) if f.digest else ()):  # rule 1
-        groups.union_all(members)
-    for members in _same(  # rule 2
-        facts, lambda f: ((f.message_id, f.subject_key, f.sender),) if f.message_id else ()
-    ):
-        groups.union_all(members)
-    for members in _same(facts, lambda f: ((r, f.subject_key) for r in f.references)):  # rule 4
-        groups.union_all(members)
+    # one pass: facts sharing a key below belong together (rules 1, 2 and 4, and a stored
+    # conversation is already one group); owners of each id (rule 3); topics (rule 5)
+    together: dict[tuple[object, ...], list[Hashable]] = defaultdict(list)
     owners: dict[str, list[ThreadFacts]] = defaultdict(list)
+    topics: dict[str, list[ThreadFacts]] = defaultdict(list)
     for fact in facts:
+        key = fact.key
+        if fact.conversation is not None:
+            together[("conversation", fact.conversation)].append(key)
+        if fact.digest and not fact.message_id:  # (with an id, rule 2 finds its copies)
+            together[("bytes", fact.digest)].append(key)
         if fact.message_id:
+            together[("id", fact.message_id, fact.subject_key, fact.sender)].append(key)
             owners[fact.message_id].append(fact)
+        for reference in fact.references:
+            together[("names", reference, fact.subject_key)].append(key)
+        if fact.topic and fact.date is not None:
+            topics[fact.topic].append(fact)
+    for members in together.values():
+        if len(members) > 1:
+            groups.union_all(members)
     for fact in facts:  # rule 3
         for reference in fact.references:
             for owner in owners.get(reference, ()):
                 if owner.subject_key == fact.subject_key or owner.sender in fact.participants:
                     groups.union(owner.key, fact.key)
-    _link_topics(facts, groups)  # rule 5
+    _link_topics(topics, groups)  # rule 5
 
     found: dict[Hashable, list[Hashable]] = {}
     for fact in new:
@@ -182,15 +186,13 @@ def link(new: Sequence[ThreadFacts], known: Sequence[ThreadFacts]) -> list[Threa
     ]
 
 
-def _link_topics(facts: Sequence[ThreadFacts], groups: _Groups) -> None:
+def _link_topics(topics: dict[str, list[ThreadFacts]], groups: _Groups) -> None:
     """Rule 5 in O(n log n) per topic: a message is linked to every message without thread
     headers within the window of it. Those form a run in date order, so linking it to the
     run's first one and each run member to the next gives the same groups as every pair."""
-    by_topic: dict[str, list[ThreadFacts]] = defaultdict(list)
-    for fact in facts:
-        if fact.topic and fact.date is not None:
-            by_topic[fact.topic].append(fact)
-    for members in by_topic.values():
+    for members in topics.values():
+        if len(members) < 2:
+            continue
         loose = sorted((f for f in members if not f.references), key=_when)
         if not loose:
             continue
@@ -217,32 +219,19 @@ def _when(fact: ThreadFacts) -> datetime:
     return fact.date
 
 
-def _same(
-    facts: Iterable[ThreadFacts], keys_of: Callable[[ThreadFacts], Iterable[Hashable]]
-) -> Iterable[list[Hashable]]:
-    """Groups of two or more facts sharing a key (a fact may have several keys)."""
-    together: dict[Hashable, list[Hashable]] = defaultdict(list)
-    for fact in facts:
-        for key in keys_of(fact):
-            together[key].append(fact.key)
-    return (members for members in together.values() if len(members) > 1)
-
-
 class _Groups:
     """Union-find over message keys."""
 
     def __init__(self) -> None:
-        self._parent: dict[Hashable, Hashable] = {}
-
-    def add(self, key: Hashable) -> None:
-        self._parent.setdefault(key, key)
+        self._parent: dict[Hashable, Hashable] = {}  # a key not in it is its own root
 
     def find(self, key: Hashable) -> Hashable:
+        parent = self._parent
         root = key
-        while self._parent[root] != root:
-            root = self._parent[root]
-        while self._parent[key] != root:  # path compression
-            self._parent[key], key = root, self._parent[key]
+        while (up := parent.get(root, root)) != root:
+            root = up
+        while key != root:  # path compression
+            parent[key], key = root, parent[key]
         return root
 
     def union(self, a: Hashable, b: Hashable) -> None:
@@ -256,11 +245,15 @@ class _Groups:
 
 
 def _fits(text: str) -> bool:
+    if len(text) * 4 <= MAX_KEY_BYTES:  # (no code point takes more than 4 bytes)
+        return True
     return len(text.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
 
 
 def _fit(text: str) -> str:
     """Cut to MAX_KEY_BYTES of UTF-8 (lookup keys are compared, never shown)."""
+    if len(text) * 4 <= MAX_KEY_BYTES:
+        return text
     data = text.encode("utf-8", "surrogatepass")
     if len(data) <= MAX_KEY_BYTES:
         return text
