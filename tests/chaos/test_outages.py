@@ -159,15 +159,20 @@ def test_the_test_databases_connections_terminated_during_a_sync(
     manage, production: Callable[..., Production], make_mailbox, mail_user, bob
 ):
     rng = scenario_rng("postgresql")
-    total = 500
+    total = 1000
     mail_user.deliver_bulk(make_mail(f"Terminated {n}", body=f"body {n}") for n in range(total))
     mailbox = staff_mailbox(make_mailbox, mail_user, bob)
     production(SYNC_BATCH_MESSAGES="10")
     sync_mailbox_task.delay(mailbox.pk)
-    terminated = []
-    for point in sorted(rng.sample(range(50, total - 100), scaled(2, 6))):
-        wait_until(stored_at_least(mailbox, point), timeout=60, what=f"{point} messages")
+    terminated: list[int] = []
+    since = 0
+    for point in sorted(rng.sample(range(50, total - 300), scaled(1, 4))):
+        # each time while the worker is storing again (it retries a few seconds later)
+        wait_until(
+            stored_at_least(mailbox, max(point, since + 1)), timeout=60, what=f"{point} messages"
+        )
         terminated.append(terminate_test_database_connections())
+        since = stored(mailbox)
     assert all(terminated), f"nothing to terminate at some point: {terminated}"
 
     wait_until(lambda: in_step(mailbox, total), timeout=90, what="in step")
