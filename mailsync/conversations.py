@@ -217,10 +217,40 @@ def merge_conversations(
     survivor.subject = earliest.subject
     survivor.first_message_at = _earliest(spans["first"], survivor.first_message_at)
     survivor.last_message_at = _latest(spans["last"], *(c.last_message_at for c in merged))
-    survivor.save(update_fields=["subject", "first_message_at", "last_message_at"])
+    _combine_team_state(survivor, merged)
+    survivor.save(
+        update_fields=[
+            "subject",
+            "first_message_at",
+            "last_message_at",
+            "assignee",
+            "status",
+            "snoozed_until",
+        ]
+    )
     if announce:
         announce_merges(survivor.mailbox_id, {survivor.pk: merged_ids})
     return merged_ids
+
+
+def _combine_team_state(survivor: Conversation, merged: Sequence[Conversation]) -> None:
+    """The team's state after a merge. The survivor keeps its assignee, else takes the
+    first merged one's; it stays open (or pending) if any of them was, so nothing someone
+    still has to answer disappears; it stays snoozed only if all of them were, until the
+    earliest wake-up, so no reminder is lost."""
+    together = [survivor, *merged]
+    if survivor.assignee_id is None:
+        survivor.assignee_id = next(
+            (c.assignee_id for c in merged if c.assignee_id is not None), None
+        )
+    for status in (Conversation.Status.OPEN, Conversation.Status.PENDING):
+        if any(c.status == status for c in together):
+            survivor.status = status
+            break
+    wake_ups = [c.snoozed_until for c in together]
+    survivor.snoozed_until = (
+        None if any(w is None for w in wake_ups) else min(w for w in wake_ups if w is not None)
+    )
 
 
 def announce_merges(mailbox_id: int, merges: Mapping[int, Sequence[int]]) -> None:

@@ -12,10 +12,12 @@ from email.utils import format_datetime
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from mailsync.engine.flags import SEEN
 from mailsync.models import Activity, Conversation, Mailbox, Message
 from mailsync.runner import sync_mailbox
+from teaminbox.models import Note
 from teaminbox.services import set_flag
 from tests.support.dovecot import MailUser
 from tests.support.mail import client_for
@@ -239,6 +241,13 @@ def test_a_merge_keeps_state_and_history_and_redirects_the_old_url(
         verb="flag_added",
         detail={"flag": "\\Flagged"},
     )
+    # the team's state: the newer one is bob's and waits on the customer, the older closed
+    later = timezone.now() + timedelta(days=1)
+    Conversation.objects.filter(pk=newer.pk).update(
+        assignee=bob, status=Conversation.Status.PENDING, snoozed_until=later
+    )
+    Conversation.objects.filter(pk=older.pk).update(status=Conversation.Status.CLOSED)
+    note = Note.objects.create(conversation=newer, author=bob, body="Toner ordered")
     page = reverse("conversation", kwargs={"mailbox": "support", "conversation_id": newer.pk})
     assert "marked it read" in client_for(bob).get(page).content.decode()
 
@@ -250,7 +259,17 @@ def test_a_merge_keeps_state_and_history_and_redirects_the_old_url(
 
     c.refresh_from_db()
     newer.refresh_from_db()
+    older.refresh_from_db()
     assert newer.merged_into_id == older.pk
+    # the survivor takes the assignee it lacked, stays pending (not closed), and is not
+    # snoozed (the older one was not); the note moved with it
+    assert (older.assignee, older.status, older.snoozed_until) == (
+        bob,
+        Conversation.Status.PENDING,
+        None,
+    )
+    note.refresh_from_db()
+    assert note.conversation_id == older.pk
     assert [m.message_id for m in Message.objects.filter(conversation=older)] == [
         "a@example.org",
         "c@example.org",
