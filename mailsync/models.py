@@ -232,8 +232,9 @@ class Conversation(models.Model):
     teaminbox (ARCHITECTURE: ``mailsync`` never imports ``teaminbox``):
 
     * single values (assignee, status, snooze) are fields of this model, owned by mailsync,
-      and the merge combines them here: the survivor keeps what it has and takes what it
-      lacks from the merged one;
+      and the merge combines them (``conversations._combine_team_state``): the survivor
+      keeps its assignee or takes one, and nothing someone still has to answer, or be
+      reminded of, is closed or snoozed away;
     * rows about a conversation (notes, tags, history) point at it with a foreign key,
       from whichever app: the merge moves every row of every model with a foreign key to
       ``Conversation``, found through Django's model registry, not by import. A model whose
