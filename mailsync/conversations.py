@@ -8,13 +8,17 @@ they decide. Ingest calls it once per batch, inside the batch's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
 from datetime import datetime
+from email.utils import getaddresses
 from typing import Any, Protocol
 
 from django.db import connection, transaction
 from django.db.models import ForeignObjectRel, Max, Min, Model, Q
+from django.db.models.functions import Substr
 
 from mailsync import changes
 from mailsync.engine.threader import (
@@ -23,7 +27,7 @@ from mailsync.engine.threader import (
     thread_references,
     topic_for,
 )
-from mailsync.models import Activity, Conversation, Message, ThreadReference
+from mailsync.models import Activity, Conversation, Mailbox, Message, ThreadReference
 
 # pg_advisory_xact_lock's first key: "threading of mailbox <second key>"
 _THREADING_LOCK = 0x7468
@@ -228,6 +232,7 @@ def merge_conversations(
             "snoozed_until",
         ]
     )
+    refresh_summaries([survivor.pk, *merged_ids])
     if announce:
         announce_merges(survivor.mailbox_id, {survivor.pk: merged_ids})
     return merged_ids
@@ -317,3 +322,268 @@ def resolve(conversation: Conversation) -> Conversation:
             break
         conversation = following
     return conversation
+
+
+# -- summaries: what the conversation list shows, kept on the row ------------------------
+
+# Who wrote a message sent from the app (a colleague's username), by Message-ID: filled by
+# teaminbox, which knows its outgoing mail (mailsync never imports teaminbox). Each lookup
+# takes a mailbox id and Message-IDs and returns Message-ID -> name for those it sent.
+AuthorLookup = Callable[[int, Sequence[str]], Mapping[str, str]]
+author_lookups: list[AuthorLookup] = []
+
+_summaries_waiting: ContextVar[set[int] | None] = ContextVar("summaries_waiting", default=None)
+
+SNIPPET_LENGTH = 200
+
+
+def team_addresses(mailbox: Mailbox) -> frozenset[str]:
+    """The addresses that are the team itself (as ``teaminbox.services.outgoing``'s
+    shared addresses): a message from one of them is the team's, not the customer's."""
+    candidates = [mailbox.email_address, mailbox.username, mailbox.smtp_username]
+    return frozenset(a.strip().lower() for a in candidates if a and "@" in a)
+
+
+def team_display_name(mailbox: Mailbox) -> str:
+    """How mail the team sent from another client (Outlook) is attributed: the mailbox."""
+    return mailbox.display_name.strip() or mailbox.name.replace("-", " ").replace("_", " ").title()
+
+
+@contextmanager
+def summaries_in_one_go() -> Iterator[None]:
+    """Inside it, ``refresh_summaries_soon`` collects ids and they are refreshed once, at
+    the end (a bulk action over a hundred conversations: a few queries, not a hundred)."""
+    if _summaries_waiting.get() is not None:  # nested: the outer one refreshes
+        yield
+        return
+    waiting: set[int] = set()
+    token = _summaries_waiting.set(waiting)
+    try:
+        yield
+    finally:
+        _summaries_waiting.reset(token)
+    refresh_summaries(waiting)
+
+
+def refresh_summaries_soon(conversation_ids: Iterable[int | None]) -> None:
+    """``refresh_summaries`` now, or at the end of the enclosing ``summaries_in_one_go``."""
+    waiting = _summaries_waiting.get()
+    if waiting is None:
+        refresh_summaries(conversation_ids)
+    else:
+        waiting.update(pk for pk in conversation_ids if pk is not None)
+
+
+@dataclass
+class _Row:
+    conversation_id: int
+    id: int
+    message_id: str
+    blob_id: str
+    date: datetime | None
+    from_name: str
+    from_address: str
+    to_display: str
+    seen: bool
+    has_attachments: bool
+
+
+_ROW_FIELDS = [f.name for f in fields(_Row)]
+
+
+def refresh_summaries(conversation_ids: Iterable[int | None]) -> None:
+    """Recompute the list's summary fields of these conversations from their live
+    messages (not expunged, not on their way to Trash, not marked deleted, not in Trash).
+    A few queries for the whole batch, whatever its size: the messages' small columns, the
+    latest ones' first characters of text, app authors, and one UPDATE.
+
+    Copies of one mail (INBOX and Archive, or Sent and INBOX) count once, by Message-ID
+    (else by content); a mail is unread while any of its copies is."""
+    ids = sorted({pk for pk in conversation_ids if pk is not None})
+    for start in range(0, len(ids), 2000):
+        _refresh(ids[start : start + 2000])
+
+
+def _refresh(ids: list[int]) -> None:
+    mailbox_of = dict(Conversation.objects.filter(pk__in=ids).values_list("pk", "mailbox_id"))
+    if not mailbox_of:
+        return
+    mailboxes = {m.pk: m for m in Mailbox.objects.filter(pk__in=set(mailbox_of.values()))}
+    teams = {pk: team_addresses(m) for pk, m in mailboxes.items()}
+    by_conversation: dict[int, dict[str, _Row]] = {pk: {} for pk in mailbox_of}
+    rows = (
+        Message.objects.filter(
+            conversation_id__in=list(mailbox_of),
+            expunged_at__isnull=True,
+            moving_to__isnull=True,
+            deleted=False,
+        )
+        .exclude(folder__special_use="\\Trash")
+        .order_by("pk")
+        .values_list(*_ROW_FIELDS)
+    )
+    for values in rows:
+        row = _Row(*values)
+        copies = by_conversation[row.conversation_id]
+        key = row.message_id or f"blob:{row.blob_id}"
+        first = copies.setdefault(key, row)
+        if first is not row:  # another copy of a mail already seen: unread if any copy is
+            first.seen = first.seen and row.seen
+            first.has_attachments = first.has_attachments or row.has_attachments
+    summaries = {
+        pk: _summary(sorted(copies.values(), key=_in_order), teams[mailbox_of[pk]])
+        for pk, copies in by_conversation.items()
+    }
+    latest_ids = [s.latest.id for s in summaries.values() if s.latest is not None]
+    snippets = dict(
+        Message.objects.filter(pk__in=latest_ids)
+        .annotate(start=Substr("text_body", 1, SNIPPET_LENGTH * 4))
+        .values_list("pk", "start")
+    )
+    authors = _app_authors(mailbox_of, summaries)
+    values = []
+    for pk, s in summaries.items():
+        latest = s.latest
+        mailbox = mailboxes[mailbox_of[pk]]
+        if latest is None:
+            sender = ""
+        elif s.latest_from_customer:
+            sender = latest.from_name or latest.from_address
+        else:
+            sender = authors.get(latest.message_id) or team_display_name(mailbox)
+        values.append(
+            (
+                pk,
+                s.message_count,
+                s.unread_count,
+                s.has_attachments,
+                latest.id if latest else None,
+                s.latest_from_customer,
+                sender,
+                s.customer_name,
+                s.customer_address,
+                snippet_of(snippets.get(latest.id, "") if latest else ""),
+                s.waiting_since,
+                latest.date if latest else None,
+            )
+        )
+    _write_summaries(values)
+
+
+@dataclass
+class _Summary:
+    message_count: int
+    unread_count: int
+    has_attachments: bool
+    latest: _Row | None
+    latest_from_customer: bool
+    customer_name: str
+    customer_address: str
+    waiting_since: datetime | None
+
+
+def _in_order(row: _Row) -> tuple[bool, datetime | None, int]:
+    return (row.date is not None, row.date, row.id)
+
+
+def _summary(mails: list[_Row], team: frozenset[str]) -> _Summary:
+    """The summary of one conversation's mails, oldest first."""
+    customer_name = customer_address = ""
+    waiting_since: datetime | None = None
+    for mail in mails:
+        from_team = mail.from_address.lower() in team
+        if not from_team and not customer_address and mail.from_address:
+            customer_name, customer_address = mail.from_name, mail.from_address
+        if from_team:
+            waiting_since = None  # the team answered: nobody waits since before
+        elif waiting_since is None:
+            waiting_since = mail.date
+    if not customer_address:  # the team wrote first and nobody answered: its recipient
+        for mail in mails:
+            for name, address in getaddresses([mail.to_display]):
+                if address and address.lower() not in team:
+                    customer_name, customer_address = name, address
+                    break
+            if customer_address:
+                break
+    latest = mails[-1] if mails else None
+    return _Summary(
+        message_count=len(mails),
+        unread_count=sum(1 for m in mails if not m.seen),
+        has_attachments=any(m.has_attachments for m in mails),
+        latest=latest,
+        latest_from_customer=latest is not None and latest.from_address.lower() not in team,
+        customer_name=customer_name,
+        customer_address=customer_address,
+        waiting_since=waiting_since,
+    )
+
+
+def snippet_of(text: str) -> str:
+    """The first words of a text on one line, at most ``SNIPPET_LENGTH`` characters."""
+    line = " ".join(text.split())
+    if len(line) <= SNIPPET_LENGTH:
+        return line
+    return line[: SNIPPET_LENGTH - 1].rstrip() + "…"
+
+
+def _app_authors(
+    mailbox_of: Mapping[int, int], summaries: Mapping[int, _Summary]
+) -> dict[str, str]:
+    """Message-ID -> colleague for the latest mails the team sent (asked of teaminbox)."""
+    wanted: dict[int, list[str]] = {}
+    for pk, s in summaries.items():
+        if s.latest is not None and not s.latest_from_customer and s.latest.message_id:
+            wanted.setdefault(mailbox_of[pk], []).append(s.latest.message_id)
+    found: dict[str, str] = {}
+    for mailbox_id, message_ids in wanted.items():
+        for lookup in author_lookups:
+            found.update(lookup(mailbox_id, message_ids))
+    return found
+
+
+_SUMMARY_COLUMNS = [
+    ("message_count", "int4"),
+    ("unread_count", "int4"),
+    ("has_attachments", "bool"),
+    ("latest_message_id", "int8"),
+    ("latest_from_customer", "bool"),
+    ("latest_sender_name", "text"),
+    ("customer_name", "text"),
+    ("customer_address", "text"),
+    ("snippet", "text"),
+    ("waiting_since", "timestamptz"),
+]
+
+
+def _write_summaries(values: list[tuple[Any, ...]]) -> None:
+    """One UPDATE for the batch (on PostgreSQL from arrays; bulk_update's CASE per row and
+    field cost seconds in a first sync). The last message's date moves ``last_message_at``
+    too, also back in time when the latest was expunged: the list sorts by it."""
+    if not values:
+        return
+    if connection.vendor == "postgresql":
+        names = [name for name, _ in _SUMMARY_COLUMNS]
+        assignments = ", ".join(f"{name} = v.{name}" for name in names)
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in _SUMMARY_COLUMNS)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE mailsync_conversation AS c SET {assignments},"
+                " last_message_at = COALESCE(v.latest_at, c.last_message_at)"
+                f" FROM unnest(%s::bigint[], {arrays}, %s::timestamptz[])"
+                f" AS v(id, {', '.join(names)}, latest_at) WHERE c.id = v.id",
+                [list(column) for column in zip(*values, strict=True)],
+            )
+        return
+    rows = []
+    for pk, *summary, latest_at in values:
+        conversation = Conversation(pk=pk)
+        for (name, _), value in zip(_SUMMARY_COLUMNS, summary, strict=True):
+            setattr(conversation, name, value)
+        rows.append((conversation, latest_at))
+    Conversation.objects.bulk_update(
+        [c for c, _ in rows], [name.removesuffix("_id") for name, _ in _SUMMARY_COLUMNS]
+    )
+    for conversation, latest_at in rows:
+        if latest_at is not None:
+            Conversation.objects.filter(pk=conversation.pk).update(last_message_at=latest_at)

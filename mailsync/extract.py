@@ -17,6 +17,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from mailsync import changes
+from mailsync.conversations import refresh_summaries
 from mailsync.engine.mime import ParsedMessage, envelope_of, fallback_message, parse_message
 from mailsync.ingest import (
     apply_envelope,
@@ -148,6 +149,7 @@ def _write_extracted(group: list[tuple[Message, ParsedMessage]]) -> int:
             Message.objects.filter(pk=message.pk).update(
                 **{field: getattr(message, field) for field in EXTRACTED_FIELDS}
             )
+        refresh_summaries(m.conversation_id for m, _ in mine)  # snippet, attachment mark
         _announce([m for m, _ in mine])
     return len(mine)
 

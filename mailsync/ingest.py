@@ -18,6 +18,7 @@ from django.db.models import (
     Field,
     ForeignKey,
     Model,
+    Q,
 )
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -29,13 +30,16 @@ from mailsync.conversations import (
     insert_thread_references,
     lock_threading,
     merge_conversations,
+    refresh_summaries,
     related_stored_messages,
+    team_addresses,
 )
 from mailsync.engine.flags import split_flags
 from mailsync.engine.imap import FetchedMessage
 from mailsync.engine.mime import ParsedEnvelope, parse_envelope
 from mailsync.engine.threader import link
 from mailsync.models import (
+    Activity,
     Blob,
     BlobChunk,
     Change,
@@ -111,13 +115,15 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
     with transaction.atomic():
         commit_without_waiting_for_disk()
         store_blobs({p.digest: p.fetched.raw for p in pending})
-        references = _thread(folder, pending)
+        references, waiting = _thread(folder, pending)
         messages = [p.message for p in pending]
         _insert_with_pks(messages)
         insert_thread_references(
             folder.mailbox_id,
             [(m.pk, r) for m, refs in zip(messages, references, strict=True) for r in refs],
         )
+        refresh_summaries({m.conversation_id for m in messages})
+        _reopen(folder.mailbox_id, waiting)
         # last, so the mailbox's counter row is locked only until the commit just after
         changes.bump(
             mailbox=folder.mailbox_id,
@@ -282,11 +288,14 @@ _COPY_TYPES = {
 }
 
 
-def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
+def _thread(
+    folder: Folder, pending: list[_Pending]
+) -> tuple[list[tuple[str, ...]], dict[int, str]]:
     """Give each message its conversation (``mailsync.engine.threader`` has the rules):
     the stored conversation it links to, else a new one; stored conversations it links
     together are merged. Messages of the same batch thread onto each other. Returns the
-    ids each message names, for the ThreadReference rows."""
+    ids each message names, for the ThreadReference rows, and the conversations a new
+    customer message reopens (id -> the state it leaves: closed, pending or snoozed)."""
     lock_threading(folder.mailbox_id)
     address = Mailbox.objects.filter(pk=folder.mailbox_id).values_list("email_address")
     own = frozenset(a.lower() for (a,) in address if a)
@@ -332,8 +341,55 @@ def _thread(folder: Folder, pending: list[_Pending]) -> list[tuple[str, ...]]:
     for pk, members in touched.items():
         for message in members:
             message.conversation_id = pk
+    waiting = _waiting_for_the_team(folder.mailbox_id, touched)
     _extend_conversations(touched)
-    return [f.references for f in new]
+    return [f.references for f in new], waiting
+
+
+def _waiting_for_the_team(mailbox_id: int, joined: dict[int, list[Message]]) -> dict[int, str]:
+    """Stored conversations set aside (pending, closed or snoozed) that new mail from the
+    customer joined: mail from outside the team, newer than the conversation's latest, so
+    a copy of old mail found in another folder reopens nothing."""
+    if not joined:
+        return {}
+    set_aside = Conversation.objects.filter(pk__in=list(joined)).filter(
+        ~Q(status=Conversation.Status.OPEN) | Q(snoozed_until__isnull=False)
+    )
+    rows = list(set_aside.values_list("pk", "status", "snoozed_until", "last_message_at"))
+    if not rows:
+        return {}
+    team = team_addresses(Mailbox.objects.get(pk=mailbox_id))
+    waiting = {}
+    for pk, status, snoozed_until, last_message_at in rows:
+        if any(
+            m.from_address.lower() not in team
+            and (last_message_at is None or _when(m) > last_message_at)
+            for m in joined[pk]
+        ):
+            snoozed = snoozed_until is not None and status == Conversation.Status.OPEN
+            waiting[pk] = "snoozed" if snoozed else status
+    return waiting
+
+
+def _reopen(mailbox_id: int, waiting: dict[int, str]) -> None:
+    """Open again, unsnoozed, with a history row each (one change number)."""
+    if not waiting:
+        return
+    Conversation.objects.filter(pk__in=list(waiting)).update(
+        status=Conversation.Status.OPEN, snoozed_until=None
+    )
+    changes.record_all(
+        mailbox=mailbox_id,
+        entries=[
+            changes.Entry(
+                conversation_id=pk,
+                source=Activity.Source.SYSTEM,
+                verb=Activity.Verb.REOPENED,
+                detail={"was": was, "why": "customer_replied"},
+            )
+            for pk, was in sorted(waiting.items())
+        ],
+    )
 
 
 def _when(message: Message) -> datetime:

@@ -522,6 +522,15 @@ class Activity(models.Model):
         SYNC_FAILED = "sync_failed"
         # threading (mailsync.conversations)
         CONVERSATIONS_MERGED = "conversations_merged"
+        # the team's work on a conversation (teaminbox.services.conversations; mailsync.ingest
+        # reopens one when the customer writes again)
+        ASSIGNED = "assigned"
+        UNASSIGNED = "unassigned"
+        STATUS_CHANGED = "status_changed"
+        SNOOZED = "snoozed"
+        WOKE = "woke"
+        NOTE_ADDED = "note_added"
+        REOPENED = "reopened"
 
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="activities")
     message = models.ForeignKey(

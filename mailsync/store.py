@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from mailsync import changes
+from mailsync.conversations import refresh_summaries
 from mailsync.engine.flags import split_flags
 from mailsync.engine.imap import FetchedMessage, FlagState
 from mailsync.engine.sync import FolderCursor, SyncProgress
@@ -189,6 +190,7 @@ class DjangoFolderStore:
         with transaction.atomic():
             _update_rows(changed, [*flag_fields, "keywords", "modseq"])
             _update_rows(modseq_only, ["modseq"])
+            refresh_summaries(m.conversation_id for m in changed)  # unread, deleted
             # one change number for the window, however many messages changed
             changes.record_all(
                 mailbox=self.folder.mailbox_id,
@@ -224,6 +226,7 @@ class DjangoFolderStore:
             for message in rows:
                 message.expunged_at = now
                 message.save(update_fields=["expunged_at"])
+            refresh_summaries(m.conversation_id for m in rows)
             changes.record_all(
                 mailbox=self.folder.mailbox_id,
                 entries=[

@@ -167,6 +167,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "teaminbox.sweep_outgoing",
         "schedule": timedelta(minutes=5),
     },
+    "wake-snoozed-conversations": {
+        "task": "teaminbox.wake_snoozed",
+        "schedule": timedelta(minutes=1),
+    },
     "sweep-flag-outbox": {
         "task": "mailsync.sweep_flag_outbox",
         "schedule": timedelta(seconds=OUTBOX_SWEEP_SECONDS),

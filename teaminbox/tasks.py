@@ -13,6 +13,7 @@ from celery.app.task import Task
 from mailsync.engine.errors import MailError
 from mailsync.outages import OK, log_state_change
 from teaminbox import delivery
+from teaminbox.services import conversations
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +50,9 @@ def sweep_outgoing() -> None:
         send_outgoing.delay(outgoing_id)
     for outgoing_id in delivery.sent_copies_due():
         save_sent_copy.delay(outgoing_id)
+
+
+@shared_task(name="teaminbox.wake_snoozed")
+def wake_snoozed() -> int:
+    """For beat, every minute: conversations whose snooze is due are open again."""
+    return conversations.wake_snoozed()

@@ -114,7 +114,22 @@ WORDING: dict[str, Callable[[Detail], str]] = {
     Verb.UIDVALIDITY_CHANGED: lambda d: f"the server renumbered {d.get('folder', 'a folder')}",
     Verb.SYNC_FAILED: _with_error("sync failed"),
     Verb.CONVERSATIONS_MERGED: lambda d: _merged(d.get("merged")),
+    Verb.ASSIGNED: lambda d: (
+        "took it" if d.get("to") == d.get("by") else f"assigned it to {d.get('to')}"
+    ),
+    Verb.UNASSIGNED: lambda d: f"unassigned {d['from']}" if d.get("from") else "unassigned it",
+    Verb.STATUS_CHANGED: lambda d: _status_changed(d.get("to")),
+    Verb.SNOOZED: lambda d: f"snoozed it until {d.get('until_text') or d.get('until')}",
+    Verb.WOKE: lambda d: "the snooze ended: open again",
+    Verb.NOTE_ADDED: lambda d: "added a note",
+    Verb.REOPENED: lambda d: f"the customer wrote again: reopened (it was {d.get('was')})",
 }
+
+STATUS_WORDS = {"open": "reopened it", "pending": "set it pending", "closed": "closed it"}
+
+
+def _status_changed(status: object) -> str:
+    return STATUS_WORDS.get(str(status), f"set it {status}")
 
 
 def _merged(ids: object) -> str:

@@ -6,14 +6,26 @@ enqueued on commit, so a rolled-back action never reaches the server, and the ou
 written in the same transaction means a lost task only delays the change: the enqueue
 never waits for a broker that is down (``mailsync.enqueue``), the outbox sweeper catches up.
 
-The flag and membership services are re-exported here (``from teaminbox.services import
-set_flag``). ``outgoing`` is not: it enqueues ``teaminbox.tasks``, whose worker side
-(``teaminbox.delivery``) uses the flag services, so it is imported by its own name.
+The flag, conversation and membership services are re-exported here
+(``from teaminbox.services import set_flag``). ``outgoing`` is not: it enqueues
+``teaminbox.tasks``, whose worker side (``teaminbox.delivery``) uses the flag services,
+so it is imported by its own name.
 """
 
 from __future__ import annotations
 
 from teaminbox.services.access import AccessRefused, Actor, actor_id_of
+from teaminbox.services.conversations import (
+    BULK_ACTIONS,
+    add_note,
+    assign_conversation,
+    bulk_act,
+    mark_conversation,
+    open_conversation,
+    set_conversation_status,
+    snooze_conversation,
+    wake_snoozed,
+)
 from teaminbox.services.flags import (
     MESSAGE_ACTIONS,
     ActionRefused,
@@ -27,17 +39,26 @@ from teaminbox.services.flags import (
 from teaminbox.services.memberships import remove_membership, set_membership
 
 __all__ = [
+    "BULK_ACTIONS",
     "MESSAGE_ACTIONS",
     "AccessRefused",
     "ActionRefused",
     "Actor",
     "act_on_message",
     "actor_id_of",
+    "add_note",
+    "assign_conversation",
+    "bulk_act",
     "delete_message",
+    "mark_conversation",
+    "open_conversation",
     "purge_message",
     "remove_membership",
     "restore_message",
+    "set_conversation_status",
     "set_flag",
     "set_membership",
+    "snooze_conversation",
     "trash_folder",
+    "wake_snoozed",
 ]

@@ -7,10 +7,14 @@ mailbox (``access.require_role``) before it changes anything."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from django.db import transaction
 
 from mailsync import changes
+from mailsync.conversations import refresh_summaries_soon
 from mailsync.engine.flags import ANSWERED, DELETED, SEEN, SYSTEM_FLAGS
 from mailsync.enqueue import enqueue_on_commit
 from mailsync.models import Activity, FlagChange, Folder, Mailbox, Message
@@ -19,6 +23,34 @@ from teaminbox.services.access import Actor, Role, actor_id_of, require_role
 
 # An IMAP keyword is an atom: no space, control character or atom-special (RFC 3501 §9)
 KEYWORD = re.compile(r"[^\x00-\x20\x7f(){%*\"\\\]]{1,64}")
+
+
+_pushes_waiting: ContextVar[set[int] | None] = ContextVar("pushes_waiting", default=None)
+
+
+@contextmanager
+def pushes_in_one_go() -> Iterator[None]:
+    """Inside it, the outbox is pushed once per folder at the end (on commit), not once per
+    message: a bulk action over a hundred conversations sends one task per folder."""
+    if _pushes_waiting.get() is not None:  # nested: the outer one pushes
+        yield
+        return
+    waiting: set[int] = set()
+    token = _pushes_waiting.set(waiting)
+    try:
+        yield
+    finally:
+        _pushes_waiting.reset(token)
+    for folder_id in sorted(waiting):
+        enqueue_on_commit(push_flag_changes, folder_id)
+
+
+def _push(folder_id: int) -> None:
+    waiting = _pushes_waiting.get()
+    if waiting is None:
+        enqueue_on_commit(push_flag_changes, folder_id)
+    else:
+        waiting.add(folder_id)
 
 
 class ActionRefused(Exception):
@@ -96,7 +128,7 @@ def _set_flag(message: Message, flag: str, on: bool, actor: Actor) -> FlagChange
     )
     verb = Activity.Verb.FLAG_ADDED if on else Activity.Verb.FLAG_REMOVED
     _record(message, actor, verb, {"flag": flag})
-    enqueue_on_commit(push_flag_changes, message.folder_id)
+    _push(message.folder_id)
     return change
 
 
@@ -160,7 +192,7 @@ def purge_message(*, message: Message, actor: Actor) -> None:
         actor_id=actor_id_of(actor),
     )
     _record(message, actor, Activity.Verb.PURGED, {})
-    enqueue_on_commit(push_flag_changes, message.folder_id)
+    _push(message.folder_id)
 
 
 def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) -> None:
@@ -176,10 +208,12 @@ def _queue_move(*, message: Message, target: Folder, actor: Actor, verb: str) ->
     message.moving_to = target
     message.save(update_fields=["moving_to"])
     _record(message, actor, verb, {"to": target.name})
-    enqueue_on_commit(push_flag_changes, message.folder_id)
+    _push(message.folder_id)
 
 
 def _record(message: Message, actor: Actor, verb: str, detail: dict[str, object]) -> None:
+    # every action here can change what the conversation list shows (unread, deleted)
+    refresh_summaries_soon([message.conversation_id])
     changes.record(
         mailbox=message.folder.mailbox_id,
         message=message,

@@ -48,10 +48,11 @@ from mailsync.engine.mime import ParsedMessage, parse_message
 from mailsync.engine.reply_text import forward_body, quoted_reply, reply_recipients
 from mailsync.enqueue import publish_now
 from mailsync.ingest import store_blobs
-from mailsync.models import Activity, Mailbox, Message
+from mailsync.models import Activity, Conversation, Mailbox, Message
 from teaminbox import delivery
 from teaminbox.models import OutgoingAttachment, OutgoingMessage
 from teaminbox.services.access import Actor, Role, actor_id_of, require_author, require_role
+from teaminbox.services.conversations import after_reply
 from teaminbox.tasks import send_outgoing
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ VERBS = {
     OutgoingMessage.Kind.NEW: Activity.Verb.SENT_NEW_MESSAGE,
 }
 EDITABLE_FIELDS = ("to", "cc", "bcc", "subject", "body_text")
+THEN_STATUSES = (None, Conversation.Status.PENDING, Conversation.Status.CLOSED)
 
 
 class ReplyInvalid(Exception):
@@ -259,12 +261,19 @@ def check_draft(draft: OutgoingMessage) -> CheckedRecipients:
 
 
 @transaction.atomic
-def send_reply(*, draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
+def send_reply(
+    *, draft: OutgoingMessage, actor: Actor, then_status: str | None = None
+) -> OutgoingMessage:
     """Check the draft, build its bytes once, queue it; the worker sends it on commit.
+    ``then_status`` ("pending" or "closed": "send and set pending / closed") sets the
+    conversation's status in the same transaction; with the mailbox's "assign to whoever
+    replies first", an unassigned conversation becomes the sender's.
 
     Raises ReplyInvalid (nothing changes) or NotADraft (already queued: a double-click or
     a resubmitted form sends nothing twice).
     """
+    if then_status not in THEN_STATUSES:
+        raise ReplyInvalid({"__all__": "After sending, set the conversation pending or closed."})
     draft = _lock_draft(draft, actor)
     recipients = check_draft(draft)
     mailbox = draft.mailbox
@@ -324,6 +333,13 @@ def send_reply(*, draft: OutgoingMessage, actor: Actor) -> OutgoingMessage:
             "message_id": draft.message_id,
         },
     )
+    if original is not None:
+        after_reply(
+            conversation_id=original.conversation_id,
+            mailbox=mailbox,
+            then_status=then_status,
+            actor=actor,
+        )
     outgoing_id = draft.pk
     transaction.on_commit(lambda: enqueue_delivery(outgoing_id))
     return draft
