@@ -3,7 +3,9 @@ leases and conditional claims in the database make the work happen once."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +19,7 @@ from django.utils import timezone
 
 from mailsync import extract, outbox, runner
 from mailsync.engine.errors import MailError
-from mailsync.enqueue import enqueue_on_commit, publish_now
+from mailsync.enqueue import FAIL_FAST, enqueue_on_commit, publish_now
 from mailsync.leases import FolderBusy, abandoned_mailbox_ids
 from mailsync.models import Folder, Mailbox
 from mailsync.outages import OK, log_state_change
@@ -263,10 +265,36 @@ def _publish_once(what: str, task: Task[Any, Any], item_id: int) -> bool:
             return False
     except Exception as exc:  # the cache down (Redis): publish anyway, duplicates are harmless
         log.debug("sync dedup mark not set: %s", exc)
-    if publish_now(task, item_id):
+    if _publish_on_kept_connection(task, item_id) or publish_now(task, item_id):
         return True
     _started(what)
     return False
+
+
+_kept = threading.local()
+
+
+def _publish_on_kept_connection(task: Task[Any, Any], item_id: int) -> bool:
+    """Publish on this thread's broker connection, kept between calls: a new connection
+    per publish (``publish_now``) cost ≈20 ms of a hint's way to the worker, ≈2 ms on a kept
+    one. Fails fast as publish_now does; on a failure the connection is dropped and the
+    caller falls back to publish_now, which says that the broker is down."""
+    if task.app.conf.task_always_eager:
+        return False
+    broker = getattr(_kept, "connection", None)
+    try:
+        if broker is None:
+            broker = task.app.connection_for_write(transport_options=FAIL_FAST)
+            _kept.connection, _kept.producer = broker, broker.Producer()
+        task.apply_async((item_id,), producer=_kept.producer, retry=False)
+    except Exception as exc:  # kombu wraps most broker failures, not all (OSError)
+        log.debug("publish on the kept broker connection failed: %s", exc)
+        with contextlib.suppress(Exception):
+            if broker is not None:
+                broker.release()
+        _kept.connection = None
+        return False
+    return True
 
 
 def _started(what: str) -> None:
