@@ -1,6 +1,7 @@
 """Connections cut every 32 KB and every 512 KB (a flaky middlebox): during the first sync
-and during write-back of staff changes, with another client busy throughout. Every
-message arrives, every staff change reaches the server exactly once."""
+and during write-back of staff changes (once with the answer to a STORE lost), with
+another client busy throughout. Every message arrives, every staff change reaches the
+server exactly once."""
 
 from __future__ import annotations
 
@@ -49,7 +50,12 @@ def test_sync_and_write_back_complete_through_a_connection_cut_every_n_bytes(
 
         failures = sync_until_in_step(mailbox)
         cuts_in_first_sync = proxy.cuts
-        for _ in range(ROUNDS):
+        lost_in_round = rng.randrange(ROUNDS)
+        for round_number in range(ROUNDS):
+            if round_number == lost_in_round:
+                # a push whose STORE reaches the server and whose answer is lost with the
+                # connection: sent again, it would be a second STORE
+                proxy.lose_answer(b"UID STORE")
             # staff flag messages nobody else touches; the other client works meanwhile
             candidates = Message.objects.filter(
                 folder__mailbox=mailbox, folder__name="INBOX", expunged_at__isnull=True
@@ -67,6 +73,7 @@ def test_sync_and_write_back_complete_through_a_connection_cut_every_n_bytes(
     context = f"other client: {other.done}\nfailed syncs: {failures}"
     assert cuts_in_first_sync > 0, f"the cut never bit in the first sync\n{replay_hint()}"
     assert cuts_in_write_back > 0, f"the cut never bit in write-back\n{replay_hint()}"
+    assert proxy.answers_lost == 1, f"no STORE lost its answer\n{replay_hint()}"
     assert_mirror_promise(manage, mailbox, user, folders=["INBOX", "Archive"], context=context)
     stores = stores_per_uid(user.rawlog_commands(), FLAGGED)
     assert stores == dict.fromkeys(changed, 1), f"STOREs per staff change: {stores}\n{context}"

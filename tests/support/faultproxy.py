@@ -10,6 +10,10 @@ POP3, the aiosmtpd SMTP server). Faults can be switched while it runs:
 * ``latency(seconds)``: each chunk waits that long before it is passed on;
 * ``drop_mid_command()``: the next chunk a client sends is passed on by half, then the
   connection is closed;
+* ``lose_answer(b"UID STORE")``: the next chunk a client sends with that in it reaches the
+  server, but its answer never comes back: the connection is closed once the server has
+  had a moment to act (a pusher that lost its connection right after its STORE); once,
+  other faults stay;
 * ``heal()``: traffic passes untouched again (held bytes go through).
 
 Bounded: one accepting thread and two pumping threads per connection, all ended (and
@@ -23,6 +27,7 @@ joined) when the proxy stops. Use it as a context manager::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import threading
 from collections.abc import Callable
@@ -33,6 +38,7 @@ LOOPBACK = "127.0.0.1"
 _CHUNK = 16 * 1024
 _QUICKACK = getattr(socket, "TCP_QUICKACK", 12)  # Linux
 _JOIN_SECONDS = 5.0
+_SERVER_ACTS_SECONDS = 0.3  # what a lost answer's command gets on the server before the cut
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Faults:
     stalled: bool = False
     latency: float = 0.0
     drop_mid_command: bool = False
+    lose_answer_to: bytes | None = None
 
 
 class FaultProxy:
@@ -62,6 +69,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.connections = 0  # accepted so far
         self.cuts = 0  # connections closed by a fault
+        self.answers_lost = 0
 
     # -- switching faults -----------------------------------------------------------------
 
@@ -89,6 +97,9 @@ class FaultProxy:
 
     def drop_mid_command(self) -> None:
         self._switch(Faults(drop_mid_command=True))
+
+    def lose_answer(self, command: bytes) -> None:
+        self._switch(dataclasses.replace(self._faults, lose_answer_to=command))
 
     def heal(self) -> None:
         self._switch(Faults())
@@ -200,6 +211,11 @@ class FaultProxy:
                 faults = self._faults
                 if faults.latency and self._stopping.wait(faults.latency):
                     return
+                if not upward and connection.muted:
+                    continue  # an answer that is lost
+                if upward and faults.lose_answer_to and faults.lose_answer_to in data:
+                    self._lose_answer(connection, sink, data)
+                    return
                 if upward and faults.drop_mid_command:
                     with contextlib.suppress(OSError):
                         sink.sendall(data[: max(1, len(data) // 2)])
@@ -220,6 +236,16 @@ class FaultProxy:
         finally:
             connection.close()
 
+    def _lose_answer(self, connection: _Connection, sink: socket.socket, data: bytes) -> None:
+        connection.muted = True  # before the command goes up: no answer can pass
+        with contextlib.suppress(OSError):
+            sink.sendall(data)
+        self._switch(dataclasses.replace(self._faults, lose_answer_to=None))
+        with self._lock:
+            self.answers_lost += 1
+        self._stopping.wait(_SERVER_ACTS_SECONDS)
+        self._cut(connection)
+
     def _cut(self, connection: _Connection) -> None:
         with self._lock:
             self.cuts += 1
@@ -232,6 +258,7 @@ class _Connection:
     def __init__(self, client: socket.socket, server: socket.socket) -> None:
         self.client, self.server = client, server
         self._passed = {True: 0, False: 0}
+        self.muted = False  # what the server sends is dropped
 
     def passed(self, upward: bool) -> int:
         return self._passed[upward]
