@@ -6,17 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
+from django.utils import timezone
 
 from mailsync import changes
 from mailsync.engine.flags import FLAGGED
-from mailsync.models import Message
+from mailsync.models import Conversation, Message
 from teaminbox.models import Membership, OutgoingMessage
 from teaminbox.services import AccessRefused, flags, memberships
+from teaminbox.services import conversations as workflow
 from teaminbox.services import outgoing as outgoing_mail
 from tests.support.mail import INVOICE_WITH_ATTACHMENT, client_for, receive
 from tests.support.personas import PASSWORD
@@ -58,6 +61,11 @@ def world(shared_mailbox, mail_user, alice, bob, charlie) -> World:
 
 
 Call = Callable[[World, User], object]
+
+
+def conversation(world: World) -> Conversation:
+    return Conversation.objects.get(pk=world.message.conversation_id)
+
 
 SERVICES: dict[str, tuple[Call, set[str]]] = {
     "set_flag": (
@@ -119,6 +127,38 @@ SERVICES: dict[str, tuple[Call, set[str]]] = {
         lambda w, u: outgoing_mail.discard_draft(draft=w.bobs_draft, actor=u),
         {"bob"},
     ),
+    "assign_conversation": (
+        lambda w, u: workflow.assign_conversation(
+            conversation=conversation(w), assignee=w.people["bob"], actor=u
+        ),
+        AGENTS,
+    ),
+    "set_conversation_status": (
+        lambda w, u: workflow.set_conversation_status(
+            conversation=conversation(w), status="closed", actor=u
+        ),
+        AGENTS,
+    ),
+    "snooze_conversation": (
+        lambda w, u: workflow.snooze_conversation(
+            conversation=conversation(w), until=timezone.now() + timedelta(days=1), actor=u
+        ),
+        AGENTS,
+    ),
+    "add_note": (
+        lambda w, u: workflow.add_note(conversation=conversation(w), body="Hi", actor=u),
+        AGENTS,
+    ),
+    "mark_conversation": (
+        lambda w, u: workflow.mark_conversation(conversation=conversation(w), read=True, actor=u),
+        AGENTS,
+    ),
+    "bulk_act": (
+        lambda w, u: workflow.bulk_act(
+            conversation_ids=[conversation(w).pk], mailbox=w.mailbox, action="unread", actor=u
+        ),
+        AGENTS,
+    ),
     "retry_outgoing": (
         lambda w, u: outgoing_mail.retry_outgoing(outgoing=w.failed, actor=u),
         AGENTS,
@@ -146,6 +186,18 @@ def test_each_service_refuses_whoever_lacks_the_role_it_needs(service, world):
         except Exception:  # allowed, and then stopped by the state (not a draft, ...)
             pass
     assert refused == set(PERSONAS) - allowed
+
+
+def test_opening_a_conversation_refuses_nobody_but_writes_only_for_who_may_act(world):
+    """Opening marks read (the mailbox's default): for an agent or admin; a viewer's or an
+    outsider's look writes nothing (the page itself keeps the outsider out)."""
+    for name in ("charlie", "dana"):
+        before = changes.current(world.mailbox)
+        marked = workflow.open_conversation(
+            conversation=conversation(world), actor=world.people[name]
+        )
+        assert (marked, changes.current(world.mailbox)) == (0, before)
+    assert workflow.open_conversation(conversation=conversation(world), actor=world.people["bob"])
 
 
 def test_the_system_itself_may_act_without_a_person(world):
