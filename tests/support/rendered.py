@@ -135,9 +135,9 @@ def store_fetched(folder: Folder, raw: bytes, *, uid: int) -> Message:
 
 
 def page_problems(client: Client, message: Message) -> list[str]:
-    """GET the message page, its body frame and its (first five) attachments as a logged-in
-    member; every status other than 200, missing body-frame CSP and runnable script, as
-    sentences."""
+    """GET the message page, its body frame, its conversation page and its (first five)
+    attachments as a logged-in member; every status other than 200, missing body-frame CSP
+    and runnable script, as sentences."""
     mailbox = message.folder.mailbox.name
     problems: list[str] = []
     page: Any = client.get(reverse("message", args=[mailbox, message.pk]))
@@ -153,6 +153,13 @@ def page_problems(client: Client, message: Message) -> list[str]:
         if "default-src 'none'" not in csp or "script-src" in csp:
             problems.append(f"body frame without a script-free Content-Security-Policy: {csp!r}")
         problems += [f"frame: {p}" for p in body_problems(frame.content.decode())]
+    if message.conversation_id is not None:
+        args = [mailbox, message.conversation_id]
+        thread: Any = client.get(reverse("conversation", args=args), follow=True)
+        if thread.status_code != 200:
+            problems.append(f"conversation page answered HTTP {thread.status_code}")
+        else:
+            problems += [f"conversation: {p}" for p in script_problems(thread.content.decode())]
     for part in message.attachments.order_by("position")[:5]:
         url = reverse("attachment", args=[mailbox, message.pk, part.pk])
         download: Any = client.get(url)
