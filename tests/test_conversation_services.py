@@ -65,11 +65,11 @@ def team(mailbox: Mailbox) -> str:
 
 def conversation_of(mailbox: Mailbox, key: str) -> Conversation:
     message = Message.objects.get(folder__mailbox=mailbox, message_id=f"{key}@example.org")
-    return Conversation.objects.get(pk=message.conversation_id)
+    return Conversation.objects.get(messages=message)
 
 
 def deliver(mail_user, mailbox, raw: bytes, *, seen: bool = False) -> int:
-    uid = mail_user.append(raw, flags=["\\Seen"] if seen else [])
+    uid = int(mail_user.append(raw, flags=["\\Seen"] if seen else []))
     sync_mailbox(mailbox)
     return uid
 
@@ -354,7 +354,7 @@ def test_opening_marks_read_on_the_server_for_an_agent_and_writes_nothing_for_a_
     assert not Activity.objects.filter(actor=dana).exists()
 
     assert open_conversation(conversation=conversation, actor=bob) == 2
-    push_folder_changes(Message.objects.filter(conversation=conversation).first().folder_id)
+    push_folder_changes(Message.objects.filter(conversation=conversation)[0].folder_id)
     assert all("\\Seen" in flags for flags in mail_user.flags().values())
     conversation.refresh_from_db()
     assert conversation.unread_count == 0
@@ -379,7 +379,7 @@ def test_bulk_actions_work_on_many_conversations_with_one_push_per_folder(
         done = bulk_act(conversation_ids=ids, mailbox=shared_mailbox, action="read", actor=bob)
     assert done == 3
     assert len(pushes) == 1  # one folder, one push for three messages
-    push_folder_changes(Message.objects.first().folder_id)
+    push_folder_changes(Message.objects.all()[0].folder_id)
     assert all("\\Seen" in flags for flags in mail_user.flags().values())
 
     bulk_act(conversation_ids=ids[:2], mailbox=shared_mailbox, action="assign", actor=bob,
@@ -394,7 +394,7 @@ def test_bulk_actions_work_on_many_conversations_with_one_push_per_folder(
     ]
 
     bulk_act(conversation_ids=ids[:1], mailbox=shared_mailbox, action="delete", actor=bob)
-    push_folder_changes(Message.objects.first().folder_id)
+    push_folder_changes(Message.objects.all()[0].folder_id)
     deleted = Conversation.objects.get(pk=ids[0])
     assert deleted.message_count == 0  # out of the list
     assert sum("\\Deleted" in flags for flags in mail_user.flags().values()) == 1

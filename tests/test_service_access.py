@@ -64,7 +64,7 @@ Call = Callable[[World, User], object]
 
 
 def conversation(world: World) -> Conversation:
-    return Conversation.objects.get(pk=world.message.conversation_id)
+    return Conversation.objects.get(messages=world.message)
 
 
 SERVICES: dict[str, tuple[Call, set[str]]] = {
