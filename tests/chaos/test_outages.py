@@ -96,7 +96,7 @@ def test_a_stalled_server_is_detected_by_timeout_and_shown_then_synced(
     outage = scaled(12.0, 70.0) + rng.uniform(0, 2)
     with FaultProxy(mail_user.server.host, mail_user.server.imap_port) as proxy:
         Mailbox.objects.filter(pk=mailbox.pk).update(port=proxy.port)
-        production(IMAP_TIMEOUT_SECONDS="3", SYNC_BATCH_MESSAGES="10")
+        production(IMAP_TIMEOUT_SECONDS="2", SYNC_BATCH_MESSAGES="10")
         sync_mailbox_task.delay(mailbox.pk)
         point = rng.randint(50, 250)
         wait_until(lambda: stored(mailbox) >= point, timeout=60, what=f"{point} messages")
