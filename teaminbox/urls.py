@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("m/<slug:mailbox>/", inbox.inbox, name="inbox"),
     path("m/<slug:mailbox>/status/", inbox.sync_status, name="sync_status"),
+    path("m/<slug:mailbox>/bulk", inbox.bulk, name="bulk"),
     path("m/<slug:mailbox>/messages/<int:message_id>/", message.message_page, name="message"),
     path(
         "m/<slug:mailbox>/c/<int:conversation_id>/",
