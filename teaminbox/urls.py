@@ -25,6 +25,46 @@ urlpatterns = [
         name="conversation",
     ),
     path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/assign/",
+        conversation.assign,
+        name="conversation_assign",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/status/",
+        conversation.status,
+        name="conversation_status",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/snooze/",
+        conversation.snooze,
+        name="conversation_snooze",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/note/",
+        conversation.note,
+        name="conversation_note",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/read/",
+        conversation.read,
+        name="conversation_read",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/unread/",
+        conversation.unread,
+        name="conversation_unread",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/flag/",
+        conversation.flag,
+        name="conversation_flag",
+    ),
+    path(
+        "m/<slug:mailbox>/c/<int:conversation_id>/delete/",
+        conversation.delete,
+        name="conversation_delete",
+    ),
+    path(
         "m/<slug:mailbox>/messages/<int:message_id>/body/",
         message.message_body,
         name="message_body",

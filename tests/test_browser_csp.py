@@ -22,6 +22,7 @@ from mailsync.runner import sync_mailbox
 from teaminbox.models import Membership
 from tests.browser import log_in, new_page
 from tests.support.personas import PASSWORD
+from tests.test_browser_conversation import long_thread
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -132,9 +133,14 @@ def test_the_inbox_message_and_compose_pages_work_under_their_policy(
     # The inbox, and its keyboard shortcuts: j selects the first row, o opens it.
     watched.visit(f"{live_server.url}/m/{shared_mailbox.name}/")
     page.keyboard.press("j")
-    expect(page.locator("tr.message-row.cursor")).to_have_count(1)
+    expect(page.locator("[data-conversation-row].cursor")).to_have_count(1)
     with page.expect_navigation():
         page.keyboard.press("o")
+    assert page.url.endswith(f"/c/{message.conversation_id}/")
+    watched.check()
+    # the message's own page, from its line in the conversation
+    with page.expect_navigation():
+        page.get_by_role("link", name="Open message").click()
     assert page.url.endswith(f"/messages/{message.pk}/")
     watched.check()
 
@@ -147,14 +153,15 @@ def test_the_inbox_message_and_compose_pages_work_under_their_policy(
     settled = "document.addEventListener('htmx:afterSettle', () => { window.__settled = true })"
     page.evaluate(settled)
     page.evaluate("window.__settled = false")
-    page.get_by_role("button", name="Mark read", exact=True).click()
+    # (opening the conversation marked it read)
+    page.get_by_role("button", name="Mark unread", exact=True).click()
     # Settled: htmx has processed the new buttons, so the shortcut's click is htmx's too.
     page.wait_for_function("() => window.__settled === true")
-    expect(page.get_by_role("button", name="Mark unread", exact=True)).to_be_visible()
-    page.evaluate("window.__settled = false")
-    page.keyboard.press("u")
-    page.wait_for_function("() => window.__settled === true")
     expect(page.get_by_role("button", name="Mark read", exact=True)).to_be_visible()
+    page.evaluate("window.__settled = false")
+    page.keyboard.press("Shift+I")
+    page.wait_for_function("() => window.__settled === true")
+    expect(page.get_by_role("button", name="Mark unread", exact=True)).to_be_visible()
     assert page.evaluate("window.__sameDocument") is True, "an action reloaded the page"
     watched.check()
 
@@ -171,6 +178,37 @@ def test_the_inbox_message_and_compose_pages_work_under_their_policy(
     with page.expect_navigation():
         page.get_by_role("button", name="Log out").click()
     assert "/login/" in page.url
+    watched.check()
+
+
+def test_the_conversation_page_and_its_scripts_work_under_its_policy(
+    shared_mailbox, mail_user, bob, live_server, watched
+):
+    conversation = long_thread(mail_user, shared_mailbox, bob)
+    page = watched.page
+    watched.visit(f"{live_server.url}/login/")
+    log_in(page, live_server.url, "bob", PASSWORD)
+    watched.visit(f"{live_server.url}/m/{shared_mailbox.name}/c/{conversation.pk}/")
+
+    # frame.js sized the body frame to its document (it reads it: same origin, no script in it)
+    frame = page.locator("iframe.body-frame").last
+    page.wait_for_function(
+        "f => f.contentDocument && f.contentDocument.readyState === 'complete'"
+        " && f.clientHeight >= f.contentDocument.documentElement.scrollHeight",
+        arg=frame.element_handle(),
+    )
+    page.locator("details.thread-message summary").first.click()
+    # shortcuts.js: the help dialog; toast.js: the toast after an htmx action, and its Undo
+    page.keyboard.press("?")
+    expect(page.get_by_role("dialog", name="Keyboard shortcuts")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Pending", exact=True).click()
+    expect(page.locator("#toasts")).to_contain_text("Marked pending.")
+    page.locator("#toasts").get_by_role("button", name="Undo").click()
+    expect(page.locator("#toasts")).to_contain_text("Marked open.")
+    page.get_by_label("Add an internal note").fill("Checked under the policy")
+    page.get_by_role("button", name="Add note").click()
+    expect(page.locator(".entry-note")).to_contain_text("Checked under the policy")
     watched.check()
 
 

@@ -29,6 +29,12 @@ REPLY_KINDS = {
     OutgoingMessage.Kind.FORWARD,
 }
 
+# the value of the send button pressed -> what the message says after "Reply queued"
+THEN_STATUSES = {
+    "pending": "; the conversation is pending",
+    "closed": "; the conversation is closed",
+}
+
 
 class ComposeForm(forms.Form):
     """Holds what was typed; the checks that matter (header injection, addresses) are the
@@ -131,8 +137,12 @@ def _handle_post(
         outgoing_mail.remove_attachment(draft=draft, attachment_id=remove, actor=request.user)
     if "send" not in request.POST:
         return redirect("compose", mailbox=box.name, outgoing_id=draft.pk)
-    outgoing_mail.send_reply(draft=draft, actor=request.user)
-    messages.success(request, "Reply queued." if draft.in_reply_to_id else "Message queued.")
+    # "Send and set pending" / "Send and close": the status changes with the send, or not at all.
+    then = request.POST.get("send")
+    then_status = then if then in THEN_STATUSES else None
+    outgoing_mail.send_reply(draft=draft, actor=request.user, then_status=then_status)
+    queued = "Reply queued" if draft.in_reply_to_id else "Message queued"
+    messages.success(request, f"{queued}{THEN_STATUSES.get(then or '', '')}.")
     return _back_to(draft)
 
 
