@@ -97,14 +97,13 @@ class FolderWatch:
                 self._stop.wait()
                 return
             except Exception as exc:  # MailError, or the hint's database/broker failing
-                if not isinstance(exc, MailError):
-                    log.exception("watching %s failed", self.folder)
                 if self._clock() - started >= self._timing.stable_seconds:
                     failures = 0
                 failures += 1
                 delay = backoff_delay(failures, self._timing, self._rand)
-                why = "login refused" if isinstance(exc, AuthenticationFailed) else "no connection"
-                self._say(BACKING_OFF, f"{why}: {exc}")
+                self._say(BACKING_OFF, _why(exc))
+                # the state line says it once; the traceback only for who asks
+                log.debug("watching %s failed", self.folder, exc_info=True)
                 self._stop.wait(delay)
 
     def _watch(self) -> None:
@@ -150,3 +149,11 @@ class FolderWatch:
         if self._state != (state, detail):
             self._state = (state, detail)
             self._on_state(state, detail)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, AuthenticationFailed):
+        return f"login refused: {exc}"
+    if isinstance(exc, MailError):
+        return f"no connection: {exc}"
+    return f"cannot enqueue the sync: {exc.__class__.__name__}: {exc}"
