@@ -335,6 +335,7 @@ author_lookups: list[AuthorLookup] = []
 _summaries_waiting: ContextVar[set[int] | None] = ContextVar("summaries_waiting", default=None)
 
 SNIPPET_LENGTH = 200
+TRASH = "\\Trash"  # (messages there are deleted: not counted)
 
 
 def team_addresses(mailbox: Mailbox) -> frozenset[str]:
@@ -386,6 +387,7 @@ class _Row:
     to_display: str
     seen: bool
     has_attachments: bool
+    extracted: bool  # (a snippet is asked for only then)
 
 
 _ROW_FIELDS = [f.name for f in fields(_Row)]
@@ -405,25 +407,13 @@ def refresh_summaries(conversation_ids: Iterable[int | None]) -> None:
 
 
 def _refresh(ids: list[int]) -> None:
-    mailbox_of = dict(Conversation.objects.filter(pk__in=ids).values_list("pk", "mailbox_id"))
+    mailbox_of = _mailbox_of(ids)
     if not mailbox_of:
         return
     mailboxes = {m.pk: m for m in Mailbox.objects.filter(pk__in=set(mailbox_of.values()))}
     teams = {pk: team_addresses(m) for pk, m in mailboxes.items()}
     by_conversation: dict[int, dict[str, _Row]] = {pk: {} for pk in mailbox_of}
-    rows = (
-        Message.objects.filter(
-            conversation_id__in=list(mailbox_of),
-            expunged_at__isnull=True,
-            moving_to__isnull=True,
-            deleted=False,
-        )
-        .exclude(folder__special_use="\\Trash")
-        .order_by("pk")
-        .values_list(*_ROW_FIELDS)
-    )
-    for values in rows:
-        row = _Row(*values)
+    for row in _live_rows(list(mailbox_of)):
         copies = by_conversation[row.conversation_id]
         key = row.message_id or f"blob:{row.blob_id}"
         first = copies.setdefault(key, row)
@@ -434,12 +424,8 @@ def _refresh(ids: list[int]) -> None:
         pk: _summary(sorted(copies.values(), key=_in_order), teams[mailbox_of[pk]])
         for pk, copies in by_conversation.items()
     }
-    latest_ids = [s.latest.id for s in summaries.values() if s.latest is not None]
-    snippets = dict(
-        Message.objects.filter(pk__in=latest_ids)
-        .annotate(start=Substr("text_body", 1, SNIPPET_LENGTH * 4))
-        .values_list("pk", "start")
-    )
+    latest_ids = [s.latest.id for s in summaries.values() if s.latest and s.latest.extracted]
+    snippets = _text_starts(latest_ids) if latest_ids else {}
     authors = _app_authors(mailbox_of, summaries)
     values = []
     for pk, s in summaries.items():
@@ -468,6 +454,66 @@ def _refresh(ids: list[int]) -> None:
             )
         )
     _write_summaries(values)
+
+
+# On PostgreSQL, the reads take the ids as one array parameter: Django's expansion of
+# hundreds of placeholders cost more than the queries in a first sync.
+
+
+def _mailbox_of(ids: list[int]) -> dict[int, int]:
+    if connection.vendor != "postgresql":
+        return dict(Conversation.objects.filter(pk__in=ids).values_list("pk", "mailbox_id"))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, mailbox_id FROM mailsync_conversation WHERE id = ANY(%s)", [ids])
+        return dict(cursor.fetchall())
+
+
+def _live_rows(conversation_ids: list[int]) -> list[_Row]:
+    """The summary's columns of the conversations' live messages (see refresh_summaries)."""
+    if connection.vendor != "postgresql":
+        rows = (
+            Message.objects.filter(
+                conversation_id__in=conversation_ids,
+                expunged_at__isnull=True,
+                moving_to__isnull=True,
+                deleted=False,
+            )
+            .exclude(folder__special_use=TRASH)
+            .annotate(extracted=Q(extracted_at__isnull=False))
+            .order_by("pk")
+            .values_list(*_ROW_FIELDS)
+        )
+        return [_Row(*values) for values in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT m.conversation_id, m.id, m.message_id, m.blob_id, m.date, m.from_name,"
+            " m.from_address, m.to_display, m.seen, m.has_attachments,"
+            " m.extracted_at IS NOT NULL"
+            " FROM mailsync_message m JOIN mailsync_folder f ON f.id = m.folder_id"
+            " WHERE m.conversation_id = ANY(%s) AND m.expunged_at IS NULL"
+            " AND m.moving_to_id IS NULL AND NOT m.deleted AND f.special_use <> %s"
+            " ORDER BY m.id",
+            [conversation_ids, TRASH],
+        )
+        return [_Row(*values) for values in cursor.fetchall()]
+
+
+def _text_starts(message_ids: list[int]) -> dict[int, str]:
+    """The first characters of these messages' text (enough for a snippet)."""
+    length = SNIPPET_LENGTH * 4
+    if connection.vendor != "postgresql":
+        rows = (
+            Message.objects.filter(pk__in=message_ids)
+            .annotate(start=Substr("text_body", 1, length))
+            .values_list("pk", "start")
+        )
+        return dict(rows)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, substr(text_body, 1, %s) FROM mailsync_message WHERE id = ANY(%s)",
+            [length, message_ids],
+        )
+        return dict(cursor.fetchall())
 
 
 @dataclass
