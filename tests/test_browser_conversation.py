@@ -424,3 +424,64 @@ def test_it_fits_a_phone_and_follows_the_dark_system_theme(
     assert sum(int(v) for v in ink[ink.index("(") + 1 : -1].split(",")[:3]) > 3 * 180, ink
     page.set_viewport_size({"width": 1280, "height": 860})
     save_screenshot(page, "conversation-dark")
+
+
+def test_the_list_keys_move_select_act_and_open(
+    shared_mailbox, mail_user, bob, live_server, logged_in_page
+):
+    for n, subject in enumerate(["Refund please", "Broken lid", "Wrong colour"]):
+        mail_user.append(
+            mail(
+                subject,
+                sender=f"Customer {n} <c{n}@example.org>",
+                message_id=f"<list-{n}@example.org>",
+                date=f"Tue, 04 Mar 2025 1{n}:00:00 +0000",
+                body="Hello.",
+            )
+        )
+    sync_mailbox(shared_mailbox)
+    by_subject = {
+        c.subject: c for c in Conversation.objects.filter(mailbox=shared_mailbox, merged_into=None)
+    }
+    page = logged_in_page(live_server, bob)
+    page.goto(f"{live_server.url}/m/{shared_mailbox.name}/?view=open")
+    rows = page.locator("[data-conversation-row]")
+    expect(rows).to_have_count(3)
+    # newest first: Wrong colour, Broken lid, Refund please
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    expect(page.locator("[data-conversation-row].cursor")).to_contain_text("Broken lid")
+    page.keyboard.press("x")
+    expect(page.locator('[data-conversation-row].cursor input[name="c"]')).to_be_checked()
+    page.keyboard.press("Shift+I")  # read, on the selection
+    wait_for_toast(page, "1 conversation")
+    assert not Message.objects.filter(conversation=by_subject["Broken lid"], seen=False).exists()
+    assert Message.objects.filter(conversation=by_subject["Refund please"], seen=False).exists()
+
+    # The list was redrawn: nothing selected, the cursor still on the same row;
+    # e closes the row under the cursor.
+    expect(page.locator('input[name="c"]:checked')).to_have_count(0)
+    expect(page.locator("[data-conversation-row].cursor")).to_contain_text("Broken lid")
+    page.keyboard.press("k")
+    cursor_subject = "Wrong colour"
+    expect(page.locator("[data-conversation-row].cursor")).to_contain_text(cursor_subject)
+    page.evaluate("document.getElementById('toasts').textContent = ''")
+    page.keyboard.press("e")
+    wait_for_toast(page, "1 conversation")
+    closed = Conversation.objects.get(pk=by_subject[cursor_subject].pk)
+    assert closed.status == Conversation.Status.CLOSED
+    assert (
+        Conversation.objects.filter(mailbox=shared_mailbox, status=Conversation.Status.OPEN).count()
+        == 2
+    )
+
+    # o opens the row under the cursor, u goes back to the list
+    page.keyboard.press("j")
+    target = page.locator("[data-conversation-row].cursor").get_attribute("data-url")
+    with page.expect_navigation():
+        page.keyboard.press("o")
+    assert target and page.url.endswith(target)
+    with page.expect_navigation():
+        page.keyboard.press("u")
+    expect(page.locator("[data-conversation-row]").first).to_be_visible()
+    save_screenshot(page, "list-after-keyboard")

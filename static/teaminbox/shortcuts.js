@@ -133,6 +133,18 @@
     return true;
   }
 
+  // The list is redrawn after a bulk action: the cursor stays on the same conversation.
+  var cursorId = null;
+  document.addEventListener("htmx:beforeSwap", function () {
+    var row = cursorRow();
+    cursorId = row ? row.id : null;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!cursorId || cursorRow()) return;
+    var row = document.getElementById(cursorId);
+    if (row) row.classList.add("cursor");
+  });
+
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
     if (document.querySelector("dialog[open]") && event.key !== "?") return;  // the dialog's
