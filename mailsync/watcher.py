@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -217,12 +217,15 @@ class Watcher:
         not wait for them to run out."""
         for mailbox_id in list(self.watches):
             self._stop_watch(mailbox_id, release=False)
-        WatcherLease.objects.filter(owner=self.owner).update(
-            expires_at=timezone.now() - timedelta(seconds=1),
-            state=State.STOPPED,
-            since=timezone.now(),
-            detail="",
-        )
+        try:
+            WatcherLease.objects.filter(owner=self.owner).update(
+                expires_at=timezone.now() - timedelta(seconds=1),
+                state=State.STOPPED,
+                since=timezone.now(),
+                detail="",
+            )
+        except DatabaseError as exc:  # the leases run out by themselves
+            log.warning("watcher %s: leases not released (%s)", self.owner, exc)
         log.info("watcher %s stopped", self.owner)
 
     # -- leases ----------------------------------------------------------------------

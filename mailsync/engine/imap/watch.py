@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailsync.engine.errors import AuthenticationFailed, MailError
+from mailsync.engine.errors import AuthenticationFailed, FolderMissing, MailError
 from mailsync.engine.imap.commands import ImapSession
 from mailsync.engine.imap.news import IdleNews
 
@@ -154,6 +154,8 @@ class FolderWatch:
 def _why(exc: Exception) -> str:
     if isinstance(exc, AuthenticationFailed):
         return f"login refused: {exc}"
+    if isinstance(exc, FolderMissing):
+        return str(exc)
     if isinstance(exc, MailError):
         return f"no connection: {exc}"
     return f"cannot enqueue the sync: {exc.__class__.__name__}: {exc}"
