@@ -64,7 +64,7 @@ def test_bob_replies_in_the_browser_with_an_autosaved_draft(
         expect(page.locator("#id_body_text")).to_have_value(
             re.compile(r"^It left our warehouse today\.")
         )
-        page.get_by_role("button", name="Send").click()
+        page.get_by_role("button", name="Send", exact=True).click()
 
         expect(page.locator(".flash")).to_contain_text("Reply queued")
         expect(page.locator("#history")).to_contain_text("replied")
@@ -110,7 +110,7 @@ def test_bob_sends_a_reply_to_a_hostile_subject_and_it_arrives_as_the_page_showe
         subject = page.locator("#id_subject").input_value()
         to = page.locator("#id_to").input_value()
         assert subject.startswith("Re: Invoice Reply-To: attacker@evil.invalid")
-        page.get_by_role("button", name="Send").click()
+        page.get_by_role("button", name="Send", exact=True).click()
 
         expect(page.locator(".flash")).to_contain_text("Reply queued")
         delivery.deliver(OutgoingMessage.objects.get().pk)
