@@ -37,7 +37,7 @@ COMPOSE_VARIABLES = {
     "ALLOWED_HOSTS",
     "CSRF_TRUSTED_ORIGINS",
 }
-APP_SERVICES = ("migrate", "web", "worker", "beat")
+APP_SERVICES = ("migrate", "web", "worker", "beat", "watcher")
 
 
 def keys() -> dict[str, str]:
