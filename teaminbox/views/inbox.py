@@ -25,6 +25,7 @@ from teaminbox.conversation_queries import (
     folder_of_view,
     in_view,
     list_conversations,
+    list_rows,
     view_counts,
 )
 from teaminbox.queries import get_mailbox_for, inbox_folder, inbox_messages, mailboxes_for
@@ -88,17 +89,19 @@ def _list_context(
         mailbox=box, user=request.user, view=view, sort=sort, after=after
     )
     folder = folder_of_view(box, view)
+    now = timezone.now()
+    url_prefix = reverse("inbox", kwargs={"mailbox": box.name})
     return {
         **_sidebar(request, box, view),
         "folder": folder,
         "view_label": VIEW_LABELS.get(view, folder.name if folder else view),
         "sort": sort,
-        "rows": rows,
+        "rows": list_rows(rows, url_prefix=url_prefix, now=now),
         "next_cursor": next_cursor,
         "first_page": not after,
         "can_act": may(request.user, box, Role.AGENT),
         "teammates": _teammates(box),
-        "now": timezone.now(),
+        "now": now,
     }
 
 
