@@ -26,6 +26,7 @@ from mailsync.ingest import (
     store_blobs,
 )
 from mailsync.models import Attachment, Blob, Change, Folder, Mailbox, Message
+from mailsync.search_index import write_documents
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def _write_extracted(group: list[tuple[Message, ParsedMessage]]) -> int:
             Message.objects.filter(pk=message.pk).update(
                 **{field: getattr(message, field) for field in EXTRACTED_FIELDS}
             )
+        write_documents(m for m, _ in mine)  # search: text and attachment names
         refresh_summaries(m.conversation_id for m, _ in mine)  # snippet, attachment mark
         _announce([m for m, _ in mine])
     return len(mine)

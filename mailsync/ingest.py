@@ -48,6 +48,7 @@ from mailsync.models import (
     Mailbox,
     Message,
 )
+from mailsync.search_index import write_documents
 
 
 def clean_text(text: str) -> str:
@@ -118,6 +119,7 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
         references, waiting = _thread(folder, pending)
         messages = [p.message for p in pending]
         _insert_with_pks(messages)
+        write_documents(messages)  # found by its headers before its text is extracted
         insert_thread_references(
             folder.mailbox_id,
             [(m.pk, r) for m, refs in zip(messages, references, strict=True) for r in refs],

@@ -653,3 +653,25 @@ class WatcherLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mailbox_id} watched by {self.owner}: {self.state}"
+
+
+class MessageSearch(models.Model):
+    """A message's search document: its text normalised by ``mailsync.search_index``.
+
+    Written with the headers at ingest and again, with body and attachment names, when the
+    text is extracted. The full-text index over it is not a Django field: on PostgreSQL a
+    generated ``document`` tsvector column with a GIN index, on SQLite an FTS5 table kept by
+    triggers (migration 0011); the columns here also serve the field operators (from:...)."""
+
+    message = models.OneToOneField(
+        Message, on_delete=models.CASCADE, primary_key=True, related_name="search"
+    )
+    subject = models.TextField(blank=True)
+    sender = models.TextField(blank=True)  # name and address
+    recipients_to = models.TextField(blank=True)
+    recipients_cc = models.TextField(blank=True)
+    body = models.TextField(blank=True)
+    filenames = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"search document of message {self.message_id}"
