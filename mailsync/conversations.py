@@ -27,7 +27,7 @@ from mailsync.engine.threader import (
     thread_references,
     topic_for,
 )
-from mailsync.models import Activity, Conversation, Mailbox, Message, ThreadReference
+from mailsync.models import Activity, Conversation, Folder, Mailbox, Message, ThreadReference
 
 # pg_advisory_xact_lock's first key: "threading of mailbox <second key>"
 _THREADING_LOCK = 0x7468
@@ -411,49 +411,85 @@ def _refresh(ids: list[int]) -> None:
     if not mailbox_of:
         return
     mailboxes = {m.pk: m for m in Mailbox.objects.filter(pk__in=set(mailbox_of.values()))}
-    teams = {pk: team_addresses(m) for pk, m in mailboxes.items()}
-    by_conversation: dict[int, dict[str, _Row]] = {pk: {} for pk in mailbox_of}
+    by_conversation: dict[int, list[_Row]] = {pk: [] for pk in mailbox_of}
     for row in _live_rows(list(mailbox_of)):
-        copies = by_conversation[row.conversation_id]
-        key = row.message_id or f"blob:{row.blob_id}"
-        first = copies.setdefault(key, row)
-        if first is not row:  # another copy of a mail already seen: unread if any copy is
-            first.seen = first.seen and row.seen
-            first.has_attachments = first.has_attachments or row.has_attachments
-    summaries = {
-        pk: _summary(sorted(copies.values(), key=_in_order), teams[mailbox_of[pk]])
-        for pk, copies in by_conversation.items()
-    }
+        by_conversation[row.conversation_id].append(row)
+    values = _summaries(by_conversation, {pk: mailboxes[m] for pk, m in mailbox_of.items()})
+    _write_summaries([(pk, *v) for pk, v in values.items()])
+
+
+def summarize_new(conversations: Sequence[tuple[Conversation, Sequence[Message]]]) -> None:
+    """Fill the summary fields of conversations about to be inserted with their messages
+    (ingest, on PostgreSQL, where the messages' keys are known before the INSERT): what
+    ``refresh_summaries`` would write, without reading or updating the rows again."""
+    if not conversations:
+        return
+    mailbox_ids = {c.mailbox_id for c, _ in conversations}
+    mailboxes = {m.pk: m for m in Mailbox.objects.filter(pk__in=mailbox_ids)}
+    trash = set(
+        Folder.objects.filter(mailbox_id__in=mailbox_ids, special_use=TRASH).values_list(
+            "pk", flat=True
+        )
+    )
+    by_key = {index: members for index, (_, members) in enumerate(conversations)}
+    rows = {
+        index: [
+            _Row(
+                index, m.pk, m.message_id, str(m.blob_id), m.date, m.from_name, m.from_address,
+                m.to_display, m.seen, m.has_attachments, m.extracted_at is not None,
+            )
+            for m in members
+            if not m.deleted and m.moving_to_id is None and m.folder_id not in trash
+        ]
+        for index, members in by_key.items()
+    }  # fmt: skip
+    mailbox_of = {index: mailboxes[c.mailbox_id] for index, (c, _) in enumerate(conversations)}
+    for index, summary in _summaries(rows, mailbox_of).items():
+        conversation = conversations[index][0]
+        for (name, _), value in zip(_SUMMARY_COLUMNS, summary, strict=False):
+            setattr(conversation, name, value)
+
+
+def _summaries(
+    by_conversation: Mapping[int, list[_Row]], mailbox_of: Mapping[int, Mailbox]
+) -> dict[int, tuple[Any, ...]]:
+    """Conversation key -> the values of ``_SUMMARY_COLUMNS`` and the latest's date."""
+    summaries = {}
+    for key, rows in by_conversation.items():
+        copies: dict[str, _Row] = {}
+        for row in rows:
+            first = copies.setdefault(row.message_id or f"blob:{row.blob_id}", row)
+            if first is not row:  # another copy of a mail already seen: unread if any copy is
+                first.seen = first.seen and row.seen
+                first.has_attachments = first.has_attachments or row.has_attachments
+        mails = sorted(copies.values(), key=_in_order)
+        summaries[key] = _summary(mails, team_addresses(mailbox_of[key]))
     latest_ids = [s.latest.id for s in summaries.values() if s.latest and s.latest.extracted]
     snippets = _text_starts(latest_ids) if latest_ids else {}
-    authors = _app_authors(mailbox_of, summaries)
-    values = []
-    for pk, s in summaries.items():
+    authors = _app_authors({k: m.pk for k, m in mailbox_of.items()}, summaries)
+    values = {}
+    for key, s in summaries.items():
         latest = s.latest
-        mailbox = mailboxes[mailbox_of[pk]]
         if latest is None:
             sender = ""
         elif s.latest_from_customer:
             sender = latest.from_name or latest.from_address
         else:
-            sender = authors.get(latest.message_id) or team_display_name(mailbox)
-        values.append(
-            (
-                pk,
-                s.message_count,
-                s.unread_count,
-                s.has_attachments,
-                latest.id if latest else None,
-                s.latest_from_customer,
-                sender,
-                s.customer_name,
-                s.customer_address,
-                snippet_of(snippets.get(latest.id, "") if latest else ""),
-                s.waiting_since,
-                latest.date if latest else None,
-            )
+            sender = authors.get(latest.message_id) or team_display_name(mailbox_of[key])
+        values[key] = (
+            s.message_count,
+            s.unread_count,
+            s.has_attachments,
+            latest.id if latest else None,
+            s.latest_from_customer,
+            sender,
+            s.customer_name,
+            s.customer_address,
+            snippet_of(snippets.get(latest.id, "") if latest else ""),
+            s.waiting_since,
+            latest.date if latest else None,
         )
-    _write_summaries(values)
+    return values
 
 
 # On PostgreSQL, the reads take the ids as one array parameter: Django's expansion of

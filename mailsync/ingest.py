@@ -32,6 +32,7 @@ from mailsync.conversations import (
     merge_conversations,
     refresh_summaries,
     related_stored_messages,
+    summarize_new,
     team_addresses,
 )
 from mailsync.engine.flags import split_flags
@@ -116,7 +117,7 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
     with transaction.atomic():
         commit_without_waiting_for_disk()
         store_blobs({p.digest: p.fetched.raw for p in pending})
-        references, waiting = _thread(folder, pending)
+        references, stale, waiting = _thread(folder, pending)
         messages = [p.message for p in pending]
         _insert_with_pks(messages)
         write_documents(messages)  # found by its headers before its text is extracted
@@ -124,7 +125,7 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
             folder.mailbox_id,
             [(m.pk, r) for m, refs in zip(messages, references, strict=True) for r in refs],
         )
-        refresh_summaries({m.conversation_id for m in messages})
+        refresh_summaries(stale)
         _reopen(folder.mailbox_id, waiting)
         # last, so the mailbox's counter row is locked only until the commit just after
         changes.bump(
@@ -146,6 +147,16 @@ def _insert_with_pks(rows: Sequence[Model]) -> None:
     if connection.vendor != "postgresql":
         model._default_manager.bulk_create(rows)  # (sets the keys on SQLite too)
         return
+    if any(row.pk is None for row in rows):  # (else taken already: ``_take_pks``)
+        _take_pks(rows)
+    insert_rows(rows, with_pk=True)
+
+
+def _take_pks(rows: Sequence[Model]) -> None:
+    """Primary keys from the table's sequence, in one query (PostgreSQL)."""
+    if not rows:
+        return
+    model = type(rows[0])
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
@@ -153,7 +164,6 @@ def _insert_with_pks(rows: Sequence[Model]) -> None:
         )
         for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
             row.pk = pk
-    insert_rows(rows, with_pk=True)
 
 
 def commit_without_waiting_for_disk() -> None:
@@ -292,12 +302,14 @@ _COPY_TYPES = {
 
 def _thread(
     folder: Folder, pending: list[_Pending]
-) -> tuple[list[tuple[str, ...]], dict[int, str]]:
+) -> tuple[list[tuple[str, ...]], set[int], dict[int, str]]:
     """Give each message its conversation (``mailsync.engine.threader`` has the rules):
     the stored conversation it links to, else a new one; stored conversations it links
     together are merged. Messages of the same batch thread onto each other. Returns the
-    ids each message names, for the ThreadReference rows, and the conversations a new
-    customer message reopens (id -> the state it leaves: closed, pending or snoozed)."""
+    ids each message names, for the ThreadReference rows, the conversations whose summaries
+    are to be refreshed once the messages are stored (on PostgreSQL the new ones get theirs
+    as they are inserted: most of a first sync's), and the conversations a new customer
+    message reopens (id -> the state it leaves: closed, pending or snoozed)."""
     lock_threading(folder.mailbox_id)
     address = Mailbox.objects.filter(pk=folder.mailbox_id).values_list("email_address")
     own = frozenset(a.lower() for (a,) in address if a)
@@ -336,6 +348,9 @@ def _thread(
         conversation.subject = first.subject[:1000]
         conversation.first_message_at = _when(first)
         conversation.last_message_at = max(_when(m) for m in members)
+    if connection.vendor == "postgresql":  # the messages' keys first: a summary names one
+        _take_pks([p.message for p in pending])
+        summarize_new(fresh)
     _insert_with_pks([c for c, _ in fresh])
     for conversation, members in fresh:  # (the COPY reads the id, not the object)
         for message in members:
@@ -345,7 +360,10 @@ def _thread(
             message.conversation_id = pk
     waiting = _waiting_for_the_team(folder.mailbox_id, touched)
     _extend_conversations(touched)
-    return [f.references for f in new], waiting
+    stale = set(touched)
+    if connection.vendor != "postgresql":
+        stale |= {c.pk for c, _ in fresh}
+    return [f.references for f in new], stale, waiting
 
 
 def _waiting_for_the_team(mailbox_id: int, joined: dict[int, list[Message]]) -> dict[int, str]:
