@@ -215,6 +215,11 @@ def test_it_marks_read_assigns_closes_and_deletes_a_selection_by_mouse(
     assert fay.status == Conversation.Status.CLOSED
     expect(row_of(page, fay)).to_have_count(0)  # no longer open: it left "All open"
     expect(page.locator("#sidebar [data-view=closed] [data-count]")).to_have_text("1")
+    page.locator("#toasts").get_by_role("button", name="Undo").click()  # the toast's Undo
+    expect(row_of(page, fay)).to_have_count(1)
+    fay.refresh_from_db()
+    assert fay.status == Conversation.Status.OPEN
+    expect(page.locator("#sidebar [data-view=closed] [data-count]")).to_have_text("0")
 
     row_of(page, eli).locator("input[name=c]").check()
     click_bulk(page, "Delete")

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
-from django_htmx.http import trigger_client_event
+from django_htmx.http import reswap, retarget, trigger_client_event
 
 from mailsync.models import Conversation, Mailbox
 from teaminbox.conversation_queries import (
@@ -139,9 +139,11 @@ def bulk(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
     except (BadListRequest, ValueError) as bad:
         sentence = str(bad) if isinstance(bad, BadListRequest) else "Bad conversation id."
         return HttpResponseBadRequest(sentence, content_type="text/plain")
+    undo: dict[str, Any] | None = None
     if not ids:
         sentence = "Select at least one conversation first."
     else:
+        undo = _undo(box, action, ids, view, sort)
         try:
             done = workflow.bulk_act(
                 conversation_ids=ids,
@@ -164,7 +166,40 @@ def bulk(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
     except BadListRequest as bad:
         return HttpResponseBadRequest(str(bad), content_type="text/plain")
     response = render(request, "teaminbox/inbox.html#conversation-list", context)
-    return trigger_client_event(response, "toast", {"message": sentence})
+    # The toast's Undo posts here without a target of its own: its answer lands in the list.
+    retarget(response, "#conversation-list")
+    reswap(response, "innerHTML")
+    toast: dict[str, Any] = {"message": sentence}
+    if undo is not None:
+        toast["undo"] = undo
+    return trigger_client_event(response, "toast", toast)
+
+
+UNDO_LIMIT = 1000  # ids carried by the toast's Undo; a bigger selection gets no Undo
+
+
+def _undo(box: Mailbox, action: str, ids: list[int], view: str, sort: str) -> dict[str, Any] | None:
+    """The bulk action that puts the selection back, when one does: read <-> unread, and a
+    status or assignee the whole selection shared before (else no Undo is offered)."""
+    if len(ids) > UNDO_LIMIT or action == "delete":
+        return None
+    values: dict[str, Any] = {
+        "url": reverse("bulk", kwargs={"mailbox": box.name}),
+        "view": view,
+        "sort": sort,
+        "c": ids,
+    }
+    if action in ("read", "unread"):
+        return {**values, "action": "unread" if action == "read" else "read"}
+    before = Conversation.objects.filter(mailbox=box, pk__in=ids)
+    if action == "status":
+        statuses = set(before.values_list("status", flat=True))
+        return {**values, "action": f"status:{statuses.pop()}"} if len(statuses) == 1 else None
+    assignees = set(before.values_list("assignee_id", flat=True))
+    if len(assignees) != 1:
+        return None
+    previous = assignees.pop()
+    return {**values, "action": "assign", "assignee": "" if previous is None else str(previous)}
 
 
 def _assignee(request: AuthenticatedHttpRequest, box: Mailbox) -> Any:
