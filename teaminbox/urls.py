@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from teaminbox.throttle import AdminLoginForm, LoginForm
-from teaminbox.views import compose, conversation, inbox, message, outgoing
+from teaminbox.views import compose, conversation, inbox, message, outgoing, search
 
 # Both sign-in pages go through the throttle (teaminbox/throttle.py).
 admin.site.login_form = AdminLoginForm
@@ -18,6 +18,7 @@ urlpatterns = [
     path("m/<slug:mailbox>/", inbox.inbox, name="inbox"),
     path("m/<slug:mailbox>/status/", inbox.sync_status, name="sync_status"),
     path("m/<slug:mailbox>/bulk", inbox.bulk, name="bulk"),
+    path("m/<slug:mailbox>/search", search.search, name="search"),
     path("m/<slug:mailbox>/messages/<int:message_id>/", message.message_page, name="message"),
     path(
         "m/<slug:mailbox>/c/<int:conversation_id>/",

@@ -6,6 +6,7 @@ and on SQLite against the same table, so both databases give the same message id
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,9 @@ from mailsync.ingest import store_new_messages
 from mailsync.models import Conversation, Folder, Mailbox, Message
 from teaminbox.models import Membership, Note
 from teaminbox.search import SearchSyntaxError, search_messages
+from teaminbox.search_highlight import highlight
 from teaminbox.services.access import AccessRefused
+from tests.support.mail import client_for
 
 NOW = datetime(2026, 3, 26, 12, 0, tzinfo=UTC)
 PHOTOS = base64.encodebytes(b"\x00" * 300_000).decode()
@@ -288,3 +291,51 @@ def test_it_refuses_a_query_it_cannot_run_with_a_sentence(
 def test_it_refuses_a_damaged_page_link(fixture_mailbox: dict[str, Any], alice: User) -> None:
     with pytest.raises(SearchSyntaxError, match="damaged"):
         search_messages(user=alice, mailbox=fixture_mailbox["mailbox"], query="", after="x")
+
+
+# --- the page -------------------------------------------------------------------------------
+
+
+def test_the_page_shows_results_with_the_found_words_marked(
+    fixture_mailbox: dict[str, Any], alice: User
+) -> None:
+    response = client_for(alice).get("/m/support/search", {"q": "fevrier OR parcel"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<mark>février</mark>" in html  # marked through the normaliser
+    assert "<mark>parcel</mark>" in html  # HTML-only mail: a snippet of its text
+    assert 'value="fevrier OR parcel"' in html  # the query stays in the box
+    assert html.count('<li class="search-result') == 2
+
+
+def test_the_page_answers_a_bad_query_with_a_sentence(
+    fixture_mailbox: dict[str, Any], alice: User
+) -> None:
+    response = client_for(alice).get("/m/support/search", {"q": "before:yesterdayish"})
+    assert response.status_code == 400
+    assert "“before:yesterdayish” is not a date" in response.content.decode()
+
+
+def test_the_page_links_to_more_results_keeping_the_query(
+    fixture_mailbox: dict[str, Any], alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("teaminbox.views.search.PAGE_SIZE", 4)
+    client = client_for(alice)
+    first = client.get("/m/support/search", {"q": "-zebra"}).content.decode()
+    assert first.count('<li class="search-result') == 4
+    more = re.search(r'href="(\?q=-zebra&amp;after=[^"]+)" rel="next"', first)
+    assert more is not None
+    second = client.get("/m/support/search" + more.group(1).replace("&amp;", "&"))
+    assert second.content.decode().count('<li class="search-result') == 2
+
+
+def test_an_outsider_gets_no_search_page_of_another_mailbox(
+    fixture_mailbox: dict[str, Any], charlie: User
+) -> None:
+    assert client_for(charlie).get("/m/support/search", {"q": "invoice"}).status_code == 404
+
+
+def test_highlighting_escapes_markup_and_marks_whole_words() -> None:
+    assert str(highlight("<b>Invoice</b> invoiced", ["invoice"])) == (
+        "&lt;b&gt;<mark>Invoice</mark>&lt;/b&gt; invoiced"
+    )
