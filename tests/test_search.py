@@ -130,6 +130,13 @@ Pay this invoice now.
 
 @pytest.fixture
 def fixture_mailbox(alice: User, bob: User, charlie: User) -> dict[str, Any]:
+    return make_fixture_mailbox(alice, bob, charlie)
+
+
+def make_fixture_mailbox(alice: User, bob: User, charlie: User) -> dict[str, Any]:
+    """The mail of MAIL through ingest and extraction (all but "unextracted"); alice and bob
+    are members, the invoice's conversation is bob's and has a note, the French one is
+    pending; charlie has a mailbox of his own with a copy of the invoice."""
     mailbox = Mailbox.objects.create(name="support", host="localhost", port=143, username="s")
     Membership.objects.create(user=alice, mailbox=mailbox, role=Membership.Role.ADMIN)
     Membership.objects.create(user=bob, mailbox=mailbox, role=Membership.Role.AGENT)
