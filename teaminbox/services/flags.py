@@ -93,15 +93,24 @@ def mark_answered(*, message: Message, author: Actor) -> FlagChange | None:
     """\\Answered on a message once the author's reply went out (the worker, after SMTP).
     The author's role was checked when the reply was sent; it is not asked again, so a
     reply whose author left the team since still marks its original."""
-    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    message = _locked_row(message)
     return _set_flag(message, ANSWERED, True, author)
 
 
 def _lock(message: Message, actor: Actor) -> Message:
     """The message row, locked for this transaction, once the actor may change it."""
-    message = Message.objects.select_for_update().select_related("folder").get(pk=message.pk)
+    message = _locked_row(message)
     require_role(actor, message.folder.mailbox_id, Role.AGENT)
     return message
+
+
+def _locked_row(message: Message) -> Message:
+    # The message's row only: a plain FOR UPDATE locks the joined folder row too, which
+    # every sync transaction's foreign-key check needs at its COMMIT, after it took the
+    # mailbox's change counter that this transaction then waits for (a deadlock).
+    return (
+        Message.objects.select_for_update(of=("self",)).select_related("folder").get(pk=message.pk)
+    )
 
 
 def _set_flag(message: Message, flag: str, on: bool, actor: Actor) -> FlagChange | None:
