@@ -177,6 +177,15 @@ def _mentions_folder(node: Node | None) -> bool:
     return False
 
 
+def _mentions(node: Node | None, wanted: Node) -> bool:
+    match node:
+        case And(items) | Or(items):
+            return any(_mentions(item, wanted) for item in items)
+        case Not(item):
+            return _mentions(item, wanted)
+    return node == wanted
+
+
 def _default_folders() -> Q:
     """Every mirrored folder but Trash and Junk (by SPECIAL-USE, else by their usual names)."""
     unwanted = Q(folder__special_use__in=[TRASH, JUNK]) | Q(
@@ -227,6 +236,8 @@ def search_messages(
     ).filter(folder__mailbox=mailbox, expunged_at__isnull=True)
     if not _mentions_folder(tree):
         rows = rows.filter(_default_folders())
+    if not (_mentions(tree, State("deleted")) or _mentions(tree, In("anywhere"))):
+        rows = rows.filter(deleted=False)  # deleted mail is found by asking for it
     if tree is not None:
         rows = rows.filter(compiler.q(tree))
     if after:

@@ -115,6 +115,16 @@ Content-Type: text/plain
 
 zebra
 """),
+    "deleted": ("INBOX", frozenset({"\\Seen", "\\Deleted"}), b"""\
+From: News <news@example.com>
+To: support@example.test
+Subject: Old newsletter
+Date: Mon, 02 Mar 2026 07:00:00 +0000
+Message-ID: <news@example.com>
+Content-Type: text/plain
+
+Unsubscribe here.
+"""),
     "trash": ("Trash", frozenset({"\\Seen"}), b"""\
 From: Mallory <mallory@scam.example>
 To: support@example.test
@@ -180,6 +190,9 @@ EXPECTED: list[tuple[str, set[str]]] = [
     ("invoice", {"invoice", "reply"}),
     ("INVOICE", {"invoice", "reply"}),
     ("invoice in:anywhere", {"invoice", "reply", "trash"}),
+    ("newsletter", set()),  # deleted: found only when asked for
+    ("is:deleted", {"deleted"}),
+    ("newsletter in:anywhere", {"deleted"}),
     ("in:trash", {"trash"}),
     ("in:INBOX", EVERYTHING_BUT_TRASH),
     ("from:carol", {"invoice", "reply"}),
