@@ -120,7 +120,7 @@ def store_new_messages(folder: Folder, uidvalidity: int, batch: Sequence[Fetched
         references, stale, waiting = _thread(folder, pending)
         messages = [p.message for p in pending]
         _insert_with_pks(messages)
-        write_documents(messages)  # found by its headers before its text is extracted
+        write_documents(messages, new=True)  # found by its headers before extraction
         insert_thread_references(
             folder.mailbox_id,
             [(m.pk, r) for m, refs in zip(messages, references, strict=True) for r in refs],

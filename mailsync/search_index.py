@@ -52,12 +52,12 @@ def _document(message: Message, filenames: list[str]) -> MessageSearch:
     )
 
 
-def write_documents(messages: Iterable[Message]) -> None:
+def write_documents(messages: Iterable[Message], *, new: bool = False) -> None:
     """Write (or rewrite) the search documents of these messages, in one statement.
 
-    Called with the rows just stored (headers only) and with rows just extracted (headers,
-    text and attachment names); inside the caller's transaction, so a document commits with
-    the text it was made from."""
+    Called with the rows just stored (``new``: headers only, no document yet) and with rows
+    just extracted (headers, text and attachment names); inside the caller's transaction,
+    so a document commits with the text it was made from."""
     rows = list(messages)
     if not rows:
         return
@@ -71,6 +71,11 @@ def write_documents(messages: Iterable[Message]) -> None:
         ):
             names.setdefault(message_id, []).append(filename)
     documents = [_document(m, names.get(m.pk, [])) for m in rows]
+    if new and connection.vendor == "postgresql":
+        from mailsync.ingest import insert_rows  # (ingest calls this module)
+
+        insert_rows(documents, with_pk=True)  # COPY: a third of an INSERT's time at ingest
+        return
     MessageSearch.objects.bulk_create(
         documents,
         update_conflicts=True,
