@@ -164,8 +164,10 @@ def list_conversations(
     if phase == "w":
         waiting = base.filter(waiting_since__isnull=False)
         if cursor:
-            waiting = waiting.filter(
-                Q(waiting_since__gt=cursor.at) | Q(waiting_since=cursor.at, id__gt=cursor.id)
+            # the plain bound first: it is what the index range starts from (the OR alone
+            # makes PostgreSQL walk the index from the top, slower with every page)
+            waiting = waiting.filter(waiting_since__gte=cursor.at).filter(
+                Q(waiting_since__gt=cursor.at) | Q(id__gt=cursor.id)
             )
         rows = list(waiting.order_by("waiting_since", "id")[: limit + 1])
         if len(rows) > limit:
@@ -173,8 +175,8 @@ def list_conversations(
         cursor = None  # the waiting ones are done: the rest follow, newest first
     rest = base if sort == "newest" else base.filter(waiting_since__isnull=True)
     if cursor:
-        rest = rest.filter(
-            Q(last_message_at__lt=cursor.at) | Q(last_message_at=cursor.at, id__lt=cursor.id)
+        rest = rest.filter(last_message_at__lte=cursor.at).filter(
+            Q(last_message_at__lt=cursor.at) | Q(id__lt=cursor.id)
         )
     room = limit - len(rows)
     more = list(rest.order_by("-last_message_at", "-id")[: room + 1])

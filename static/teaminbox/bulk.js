@@ -33,7 +33,8 @@
       viewLabel.hidden = !whole;
     }
     if (count) {
-      count.textContent = view && view.checked ? "" : chosen.length ? chosen.length + " selected" : "";
+      count.textContent = view && view.checked ? ""
+        : chosen.length ? chosen.length + " selected" : "Select conversations to act on several";
     }
     all.forEach(function (box) {
       var row = box.closest("[data-conversation-row]");
