@@ -3,7 +3,8 @@
 PostgreSQL: a generated tsvector, subject (A) and people (B) weighted above body and
 attachment names (C), ``simple`` config (no language's stemming: names and non-English mail
 match as written), with a GIN index. SQLite: an FTS5 table over the same columns, kept in
-step by triggers. Existing messages get their documents here (from their stored text)."""
+step by triggers; its tokenizer folds no accents (our normaliser has: what it leaves, like
+``ø``, stays as on PostgreSQL). Existing messages get their documents here."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ SQLITE_OLD = ", ".join(f"old.{c}" for c in SQLITE_COLUMNS.split(", "))
 SQLITE_FORWARD = [
     f"""CREATE VIRTUAL TABLE mailsync_messagesearch_fts USING fts5(
         {SQLITE_COLUMNS}, content='mailsync_messagesearch', content_rowid='message_id',
-        tokenize='unicode61 remove_diacritics 2')""",
+        tokenize='unicode61 remove_diacritics 0')""",
     f"""CREATE TRIGGER mailsync_messagesearch_ai AFTER INSERT ON mailsync_messagesearch BEGIN
         INSERT INTO mailsync_messagesearch_fts(rowid, {SQLITE_COLUMNS})
         VALUES (new.message_id, {SQLITE_NEW});
