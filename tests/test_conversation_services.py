@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from mailsync.models import Activity, Conversation, Mailbox, Message
 from mailsync.runner import push_folder_changes, sync_mailbox
+from mailsync.templatetags.history import describe
 from teaminbox.models import Membership, Note, OutgoingMessage
 from teaminbox.services import (
     AccessRefused,
@@ -413,3 +414,21 @@ def test_a_viewer_can_do_none_of_it(conversation, shared_mailbox, dana):
             call()
     conversation.refresh_from_db()
     assert conversation.status == "open"
+
+
+@pytest.mark.parametrize(
+    ("verb", "detail", "words"),
+    [
+        ("assigned", {"to": "bob", "by": "alice"}, "assigned it to bob"),
+        ("assigned", {"to": "bob", "by": "bob"}, "took it"),
+        ("unassigned", {"from": "bob"}, "unassigned bob"),
+        ("status_changed", {"from": "open", "to": "closed"}, "closed it"),
+        ("status_changed", {"from": "closed", "to": "pending"}, "set it pending"),
+        ("snoozed", {"until": "2026-03-02T09:00:00+00:00"}, "snoozed it until Mon Mar 2, "),
+        ("woke", {}, "the snooze ended: open again"),
+        ("note_added", {"note": 1}, "added a note"),
+        ("reopened", {"was": "closed"}, "the customer wrote again: reopened (it was closed)"),
+    ],
+)
+def test_the_history_words_each_workflow_step(verb, detail, words):
+    assert describe(Activity(verb=verb, detail=detail)).startswith(words)

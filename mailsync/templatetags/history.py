@@ -8,8 +8,10 @@ of either app can use it; teaminbox's pages load it by name.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from django import template
+from django.utils import timezone
 
 from mailsync.engine.flags import ANSWERED, DELETED, FLAGGED, SEEN
 from mailsync.models import Activity
@@ -119,13 +121,24 @@ WORDING: dict[str, Callable[[Detail], str]] = {
     ),
     Verb.UNASSIGNED: lambda d: f"unassigned {d['from']}" if d.get("from") else "unassigned it",
     Verb.STATUS_CHANGED: lambda d: _status_changed(d.get("to")),
-    Verb.SNOOZED: lambda d: f"snoozed it until {d.get('until_text') or d.get('until')}",
+    Verb.SNOOZED: lambda d: f"snoozed it until {_when(d.get('until'))}",
     Verb.WOKE: lambda d: "the snooze ended: open again",
     Verb.NOTE_ADDED: lambda d: "added a note",
     Verb.REOPENED: lambda d: f"the customer wrote again: reopened (it was {d.get('was')})",
 }
 
 STATUS_WORDS = {"open": "reopened it", "pending": "set it pending", "closed": "closed it"}
+
+
+def _when(value: object) -> str:
+    """An ISO time from a history row, as people read it (in the site's time zone)."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if timezone.is_aware(moment):
+        moment = timezone.localtime(moment)
+    return f"{moment:%a %b} {moment.day}, {moment:%H:%M}"
 
 
 def _status_changed(status: object) -> str:

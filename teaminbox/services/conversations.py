@@ -185,10 +185,10 @@ def after_reply(
     """What a sent reply does to its conversation (``outgoing.send_reply``, in its
     transaction, the actor checked there): the status chosen with "send and ...", and the
     conversation assigned to the replier when the mailbox says the first replier takes it."""
-    if conversation_id is None:
+    rows = _locked(Conversation.objects.filter(pk=conversation_id)) if conversation_id else []
+    if not rows:  # a new message, or mail threaded nowhere
         return
-    conversation = _locked(Conversation.objects.filter(pk=conversation_id))[0]
-    conversation = _survivor(conversation)
+    conversation = _survivor(rows[0])
     user = actor if isinstance(actor, AbstractBaseUser) else None
     if mailbox.auto_assign_on_reply and conversation.assignee_id is None and user is not None:
         _assign(conversation, user, actor)
