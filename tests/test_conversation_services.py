@@ -4,6 +4,7 @@ bob is an agent of the support mailbox, dana a viewer; carol is the customer."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -11,6 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from mailsync.conversations import refresh_summaries
 from mailsync.models import Activity, Conversation, Mailbox, Message
 from mailsync.runner import push_folder_changes, sync_mailbox
 from mailsync.templatetags.history import describe
@@ -28,6 +30,8 @@ from teaminbox.services import (
 )
 from teaminbox.services import outgoing as outgoing_mail
 from tests.support.personas import PASSWORD
+from tests.test_threading import arrival, deliver_and_sync
+from tests.test_threading import fixture as threading_fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -432,3 +436,32 @@ def test_a_viewer_can_do_none_of_it(conversation, shared_mailbox, dana):
 )
 def test_the_history_words_each_workflow_step(verb, detail, words):
     assert describe(Activity(verb=verb, detail=detail)).startswith(words)
+
+
+SUMMARY_FIELDS = [
+    "message_count", "unread_count", "has_attachments", "latest_message_id",
+    "latest_from_customer", "latest_sender_name", "customer_name", "customer_address",
+    "snippet", "waiting_since",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("order", ["newest first", "shuffled"])
+def test_summaries_kept_batch_by_batch_equal_a_recount_over_the_threading_fixture(
+    order, make_mailbox, mail_user
+):
+    """The threading fixture (70-odd conversations in INBOX and Sent, delivered 12 at a
+    time, merges when a reply arrives before its thread): what ingest and the merges kept
+    equals what a recount from scratch gives, and each conversation counts its mails."""
+    mailbox = make_mailbox(mail_user, folders=["INBOX", "Sent"])
+    mails = threading_fixture(mail_user.address)
+    deliver_and_sync(mail_user, mailbox, arrival(mails, order), chunk=12)
+    rows = Conversation.objects.filter(mailbox=mailbox)
+    kept = {c["id"]: c for c in rows.values("id", *SUMMARY_FIELDS)}
+
+    refresh_summaries(list(kept))
+
+    assert {c["id"]: c for c in rows.values("id", *SUMMARY_FIELDS)} == kept
+    listed = rows.filter(merged_into__isnull=True, message_count__gt=0)
+    sizes = Counter(m.conversation for m in mails)
+    assert sorted(c.message_count for c in listed) == sorted(sizes.values())
+    assert not rows.filter(merged_into__isnull=False, message_count__gt=0).exists()
