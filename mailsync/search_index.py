@@ -19,19 +19,18 @@ from mailsync.models import Attachment, Message, MessageSearch
 # A tsvector holds at most 1 MB; a body longer than this is cut (its first part is indexed).
 MAX_BODY_CHARS = 300_000
 
-_SPACES = re.compile(r"\s+")
+_NOT_WORD = re.compile(r"[\W_]+")
 
 
 def normalise(text: str) -> str:
     """Lower case, accents removed (NFKD without marks), anything not a letter or a digit
     made a space: ``"Crème-Brûlée, S.A."`` -> ``"creme brulee s a"``."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
-    kept = [
-        ch if ch.isalnum() else " "
-        for ch in decomposed
-        if not unicodedata.category(ch).startswith("M")
-    ]
-    return _SPACES.sub(" ", "".join(kept)).strip()
+    if not decomposed.isascii():  # (a character loop, only for text that needs it)
+        decomposed = "".join(
+            ch for ch in decomposed if ch.isascii() or not unicodedata.category(ch).startswith("M")
+        )
+    return _NOT_WORD.sub(" ", decomposed).strip()  # \w is str.isalnum() and "_"
 
 
 def words(text: str) -> list[str]:

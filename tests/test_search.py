@@ -17,6 +17,7 @@ from mailsync.engine.imap import FetchedMessage
 from mailsync.extract import extract_messages
 from mailsync.ingest import store_new_messages
 from mailsync.models import Conversation, Folder, Mailbox, Message
+from mailsync.search_index import normalise
 from teaminbox.models import Membership, Note
 from teaminbox.search import SearchSyntaxError, search_messages
 from teaminbox.search_highlight import highlight
@@ -361,3 +362,17 @@ def test_highlighting_escapes_markup_and_marks_whole_words() -> None:
     assert str(highlight("<b>Invoice</b> invoiced", ["invoice"])) == (
         "&lt;b&gt;<mark>Invoice</mark>&lt;/b&gt; invoiced"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("Crème-Brûlée, S.A.", "creme brulee s a"),
+        ("INVOICE_42/2026", "invoice 42 2026"),
+        ("Straße ﬁne ²", "strasse fine 2"),
+        ("Привет, Ελληνικά! 日本語", "привет ελληνικα 日本語"),
+        ("  -- ", ""),
+    ],
+)
+def test_the_normaliser_folds_case_accents_and_punctuation(text: str, normalised: str) -> None:
+    assert normalise(text) == normalised
