@@ -410,12 +410,21 @@ def _refresh(ids: list[int]) -> None:
     mailbox_of = _mailbox_of(ids)
     if not mailbox_of:
         return
-    mailboxes = {m.pk: m for m in Mailbox.objects.filter(pk__in=set(mailbox_of.values()))}
+    mailboxes = _mailboxes(set(mailbox_of.values()))
     by_conversation: dict[int, list[_Row]] = {pk: [] for pk in mailbox_of}
     for row in _live_rows(list(mailbox_of)):
         by_conversation[row.conversation_id].append(row)
     values = _summaries(by_conversation, {pk: mailboxes[m] for pk, m in mailbox_of.items()})
     _write_summaries([(pk, *v) for pk, v in values.items()])
+
+
+def _mailboxes(ids: Iterable[int]) -> dict[int, Mailbox]:
+    # only the fields summaries read: migration 0010 runs this against a schema that later
+    # migrations may extend
+    rows = Mailbox.objects.filter(pk__in=list(ids)).only(
+        "name", "display_name", "email_address", "username", "smtp_username"
+    )
+    return {m.pk: m for m in rows}
 
 
 def summarize_new(conversations: Sequence[tuple[Conversation, Sequence[Message]]]) -> None:
@@ -425,7 +434,7 @@ def summarize_new(conversations: Sequence[tuple[Conversation, Sequence[Message]]
     if not conversations:
         return
     mailbox_ids = {c.mailbox_id for c, _ in conversations}
-    mailboxes = {m.pk: m for m in Mailbox.objects.filter(pk__in=mailbox_ids)}
+    mailboxes = _mailboxes(mailbox_ids)
     trash = set(
         Folder.objects.filter(mailbox_id__in=mailbox_ids, special_use=TRASH).values_list(
             "pk", flat=True
