@@ -16,6 +16,7 @@ from mailsync.conversations import refresh_summaries
 from mailsync.models import Activity, Conversation, Mailbox, Message
 from mailsync.runner import push_folder_changes, sync_mailbox
 from mailsync.templatetags.history import describe
+from teaminbox import tasks
 from teaminbox.models import Membership, Note, OutgoingMessage
 from teaminbox.services import (
     AccessRefused,
@@ -465,3 +466,18 @@ def test_summaries_kept_batch_by_batch_equal_a_recount_over_the_threading_fixtur
     sizes = Counter(m.conversation for m in mails)
     assert sorted(c.message_count for c in listed) == sorted(sizes.values())
     assert not rows.filter(merged_into__isnull=False, message_count__gt=0).exists()
+
+
+def test_beat_wakes_snoozed_conversations_every_minute(conversation, bob, settings):
+    entry = next(
+        e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == "teaminbox.wake_snoozed"
+    )
+    assert entry["schedule"] == timedelta(minutes=1)
+    Conversation.objects.filter(pk=conversation.pk).update(
+        snoozed_until=timezone.now() - timedelta(seconds=1)
+    )
+
+    assert tasks.wake_snoozed.name == "teaminbox.wake_snoozed"
+    assert tasks.wake_snoozed() == 1
+    conversation.refresh_from_db()
+    assert conversation.snoozed_until is None
