@@ -4,7 +4,9 @@ duplicated, every message extracted, and each restart goes on within about a lea
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,13 @@ def stored(mailbox: Mailbox) -> int:
     return Message.objects.filter(folder__mailbox=mailbox).count()
 
 
-def run_until_killed(child: Child, mailbox: Mailbox, point: int, label: str) -> float:
+def run_until_killed(
+    child: Child,
+    mailbox: Mailbox,
+    point: int,
+    label: str,
+    on_resumed: Callable[[], object] = lambda: None,
+) -> float:
     """Wait until ``child`` stores something (after the previous victim's lease ran out),
     then until ``point`` messages are stored, and kill -9 it. Returns how long after the
     start (the previous death) the sync went on."""
@@ -51,6 +59,7 @@ def run_until_killed(child: Child, mailbox: Mailbox, point: int, label: str) -> 
     )
     resumed_after = time.monotonic() - started
     assert child.alive(), f"{label}: the process ended early"
+    on_resumed()
     assert resumed_after < TAKEOVER_SECONDS, (
         f"{label}: the sync went on only {resumed_after:.0f} s after the previous death"
     )
@@ -76,7 +85,7 @@ def test_a_first_sync_survives_seeded_kill_9s_of_syncmailbox_and_of_a_worker(
     mail_user.deliver_bulk(make_mail(f"Kill {n}", body=f"body {n}") for n in range(TOTAL))
     # Seeded kill points (messages stored), one victim after the other: a rerun of
     # syncmailbox takes over from a killed worker and the other way round.
-    points = sorted(rng.sample(range(60, TOTAL - 60), KILLS))
+    points = sorted(rng.sample(range(60, TOTAL - 300), KILLS))  # room to be killed before the end
     victims = ["syncmailbox", "worker"] * (KILLS // 2) + ["syncmailbox"] * (KILLS % 2)
     env = child_env(
         redis_url=own_redis.url, SYNC_BATCH_MESSAGES="20", SYNC_LEASE_SECONDS=str(LEASE_SECONDS)
@@ -84,19 +93,33 @@ def test_a_first_sync_survives_seeded_kill_9s_of_syncmailbox_and_of_a_worker(
     logs = tmp_path / "logs"
     children: list[Child] = []
     kills: list[str] = []
+    warm: list[Child] = []  # the next worker and beat, up before the death they follow
+
+    def start_next_worker(number: int) -> None:
+        warm[:] = [start_worker(env, logs, f"worker-{number}"), start_beat(env, logs)]
+        children.extend(warm)
+
     try:
         for number, (point, victim) in enumerate(zip(points, victims, strict=True), start=1):
             label = f"kill {number} ({victim} at {point})"
             if victim == "syncmailbox":
                 child = start_syncmailbox(shared_mailbox.name, env, logs, f"syncmailbox-{number}")
                 children.append(child)
-                run_until_killed(child, shared_mailbox, point, label)
+                # a worker started once this one holds the lease: it waits for its death
+                run_until_killed(
+                    child,
+                    shared_mailbox,
+                    point,
+                    label,
+                    functools.partial(start_next_worker, number + 1),
+                )
             else:
-                child = start_worker(env, logs, f"worker-{number}")
-                # beat starts the abandoned sync again once the lease has run out
-                beat = start_beat(env, logs)
-                children += [child, beat]
+                if not warm:
+                    start_next_worker(number)
+                child, beat = warm
+                warm.clear()
                 try:
+                    # beat starts the abandoned sync again once the lease has run out
                     run_until_killed(child, shared_mailbox, point, label)
                 finally:
                     beat.stop()
