@@ -129,7 +129,7 @@ def test_dovecot_restarted_during_a_sync_and_with_staff_changes_pending(
     # 1. A short restart in the middle of the first sync.
     stop_dovecot_with_its_sessions(user.server)
     assert stored(mailbox) < total, "the sync was over before Dovecot stopped"
-    short = rng.uniform(1, 5)
+    short = rng.uniform(1, 3)  # within the first retry (5 s)
     StatusTimeline(mailbox.pk).poll_for(short)
     user.server.start_again()
     wait_until(lambda: in_step(mailbox, total), timeout=OK_WITHIN + 60, what="in step")
