@@ -395,7 +395,9 @@ _ROW_FIELDS = [f.name for f in fields(_Row)]
 
 def refresh_summaries(conversation_ids: Iterable[int | None]) -> None:
     """Recompute the list's summary fields of these conversations from their live
-    messages (not expunged, not on their way to Trash, not marked deleted, not in Trash).
+    messages (not expunged, not marked deleted, neither in Trash nor on their way there:
+    a message on its way out of Trash counts already, so the outbox's move needs no
+    refresh).
     A few queries for the whole batch, whatever its size: the messages' small columns, the
     latest ones' first characters of text, app authors, and one UPDATE.
 
@@ -448,7 +450,7 @@ def summarize_new(conversations: Sequence[tuple[Conversation, Sequence[Message]]
                 m.to_display, m.seen, m.has_attachments, m.extracted_at is not None,
             )
             for m in members
-            if not m.deleted and m.moving_to_id is None and m.folder_id not in trash
+            if not m.deleted and (m.moving_to_id or m.folder_id) not in trash
         ]
         for index, members in by_key.items()
     }  # fmt: skip
@@ -518,12 +520,10 @@ def _live_rows(conversation_ids: list[int]) -> list[_Row]:
     if connection.vendor != "postgresql":
         rows = (
             Message.objects.filter(
-                conversation_id__in=conversation_ids,
-                expunged_at__isnull=True,
-                moving_to__isnull=True,
-                deleted=False,
+                conversation_id__in=conversation_ids, expunged_at__isnull=True, deleted=False
             )
-            .exclude(folder__special_use=TRASH)
+            .exclude(moving_to__isnull=True, folder__special_use=TRASH)
+            .exclude(moving_to__special_use=TRASH)
             .annotate(extracted=Q(extracted_at__isnull=False))
             .order_by("pk")
             .values_list(*_ROW_FIELDS)
@@ -534,9 +534,10 @@ def _live_rows(conversation_ids: list[int]) -> list[_Row]:
             "SELECT m.conversation_id, m.id, m.message_id, m.blob_id, m.date, m.from_name,"
             " m.from_address, m.to_display, m.seen, m.has_attachments,"
             " m.extracted_at IS NOT NULL"
-            " FROM mailsync_message m JOIN mailsync_folder f ON f.id = m.folder_id"
+            " FROM mailsync_message m"
+            " JOIN mailsync_folder f ON f.id = COALESCE(m.moving_to_id, m.folder_id)"
             " WHERE m.conversation_id = ANY(%s) AND m.expunged_at IS NULL"
-            " AND m.moving_to_id IS NULL AND NOT m.deleted AND f.special_use <> %s"
+            " AND NOT m.deleted AND f.special_use <> %s"
             " ORDER BY m.id",
             [conversation_ids, TRASH],
         )

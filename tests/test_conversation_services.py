@@ -24,6 +24,7 @@ from teaminbox.services import (
     assign_conversation,
     bulk_act,
     open_conversation,
+    restore_message,
     set_conversation_status,
     set_flag,
     snooze_conversation,
@@ -481,3 +482,25 @@ def test_beat_wakes_snoozed_conversations_every_minute(conversation, bob, settin
     assert tasks.wake_snoozed() == 1
     conversation.refresh_from_db()
     assert conversation.snoozed_until is None
+
+
+def test_a_conversation_deleted_to_trash_leaves_the_list_and_undo_brings_it_back(
+    make_mailbox, mail_user, bob
+):
+    mailbox = make_mailbox(mail_user, delete_mode="trash", agents=(bob,))
+    deliver(mail_user, mailbox, mail("ask"))
+    conversation = conversation_of(mailbox, "ask")
+    inbox = Message.objects.get().folder_id
+
+    bulk_act(conversation_ids=[conversation.pk], mailbox=mailbox, action="delete", actor=bob)
+    assert summary(conversation)["message_count"] == 0  # at once, before the server moves it
+    push_folder_changes(inbox)
+    assert mail_user.uids("Trash") and summary(conversation)["message_count"] == 0
+
+    message = Message.objects.get()
+    restore_message(message=message, actor=bob)
+    assert summary(conversation)["message_count"] == 1  # on its way back: listed again
+    push_folder_changes(message.folder_id)
+    sync_mailbox(mailbox)
+    assert mail_user.uids("Trash") == []
+    assert summary(conversation)["message_count"] == 1
