@@ -205,12 +205,14 @@ def test_it_marks_read_assigns_closes_and_deletes_a_selection_by_mouse(
     expect(page.locator("input[name=c]:checked")).to_have_count(3)
     page.locator("#bulk-assignee").select_option(label="me")
     click_bulk(page, "Assign")
+    expect(page.locator("#toasts")).to_contain_text("Assigned 3 conversations to you.")
     assert set(Conversation.objects.filter(mailbox=shared_mailbox).values_list(
         "assignee__username", flat=True)) == {"bob"}  # fmt: skip
     expect(page.locator("#sidebar [data-view=mine] [data-count]")).to_have_text("3")
 
     row_of(page, fay).locator("input[name=c]").check()
     click_bulk(page, "Close")
+    expect(page.locator("#toasts")).to_contain_text("Closed 1 conversation.")
     fay.refresh_from_db()
     assert fay.status == Conversation.Status.CLOSED
     expect(row_of(page, fay)).to_have_count(0)  # no longer open: it left "All open"

@@ -109,8 +109,9 @@ BULK_ACTIONS = ("read", "unread", "assign", "status", "delete")
 BULK_DONE = {
     "read": "Marked {n} read.",
     "unread": "Marked {n} unread.",
-    "assign": "Assigned {n}.",
-    "status": "Set {n} to {status}.",
+    "status:open": "Reopened {n}.",
+    "status:pending": "Set {n} to pending.",
+    "status:closed": "Closed {n}.",
     "delete": "Deleted {n}.",
 }
 
@@ -155,8 +156,12 @@ def bulk(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
             )
         except ActionRefused as refused:
             return HttpResponseBadRequest(str(refused), content_type="text/plain")
-        noun = "conversation" if done == 1 else "conversations"
-        sentence = BULK_DONE[action].format(n=f"{done} {noun}", status=status)
+        n = f"{done} conversation" if done == 1 else f"{done} conversations"
+        if action == "assign":
+            whom = "you" if assignee == request.user else assignee and assignee.get_username()
+            sentence = f"Assigned {n} to {whom}." if whom else f"Unassigned {n}."
+        else:
+            sentence = BULK_DONE[f"{action}:{status}" if status else action].format(n=n)
     if not request.htmx:
         messages.info(request, sentence)
         query = urlencode({"view": view, "sort": sort})
