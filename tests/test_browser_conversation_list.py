@@ -304,3 +304,27 @@ def test_it_lists_a_folders_conversations_and_keeps_the_old_message_list(
 
     page.goto(list_url(live_server, shared_mailbox, folder="INBOX"))
     expect(page.locator("tr.message-row")).to_have_count(6)
+
+
+def test_it_closes_a_selection_without_javascript(
+    shared_mailbox, threads, bob, live_server, browser
+):
+    from tests.browser import log_in, new_page
+    from tests.support.personas import PASSWORD
+
+    page = new_page(browser, java_script_enabled=False)
+    try:
+        log_in(page, live_server.url, "bob", PASSWORD)
+        page.goto(list_url(live_server, shared_mailbox))
+        fay = threads["Password reset"]
+        row_of(page, fay).locator("input[name=c]").check()
+        page.locator("[data-bulk-bar]").get_by_role("button", name="Close", exact=True).click()
+        page.wait_for_url(list_url(live_server, shared_mailbox, view="open", sort="newest"))
+
+        expect(page.locator(".flash")).to_contain_text("Closed 1 conversation.")
+        expect(row_of(page, fay)).to_have_count(0)
+        fay.refresh_from_db()
+        assert fay.status == Conversation.Status.CLOSED
+    finally:
+        save_screenshot(page, "conversation-list-no-javascript")
+        page.context.close()

@@ -25,6 +25,7 @@
     var count = f.querySelector("[data-selected-count]");
     var whole = all.length > 0 && chosen.length === all.length;
     if (page) {
+      page.closest("label").hidden = false;  // without this script it could do nothing
       page.checked = whole;
       page.indeterminate = chosen.length > 0 && !whole;
     }
