@@ -243,6 +243,17 @@ def test_it_acts_on_all_conversations_of_the_view_beyond_the_page(
     page = logged_in_page(live_server, bob)
     page.goto(list_url(live_server, shared_mailbox))
     expect(page.locator("[data-conversation-row]")).to_have_count(50)
+    first_page = set(page.locator("[data-conversation-row]").evaluate_all(
+        "rows => rows.map(r => r.dataset.conversationId)"))  # fmt: skip
+    page.get_by_role("link", name="Older →").click()  # the keyset link, swapped in by htmx
+    expect(page.locator("[data-conversation-row]")).to_have_count(7)
+    assert "after=" in page.url
+    second_page = set(page.locator("[data-conversation-row]").evaluate_all(
+        "rows => rows.map(r => r.dataset.conversationId)"))  # fmt: skip
+    assert not first_page & second_page and len(first_page | second_page) == 57
+    expect(page.get_by_role("link", name="Older →")).to_have_count(0)
+    page.get_by_role("link", name="← Newest").click()
+    expect(page.locator("[data-conversation-row]")).to_have_count(50)
     expect(page.locator("[data-pick-view-label]")).to_be_hidden()
 
     page.locator("input[data-pick-page]").check()
