@@ -79,6 +79,7 @@ def inbox(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
     template = "teaminbox/inbox.html"
     if request.htmx and request.htmx.target == "conversation-list":
         template += "#conversation-list"
+        context["oob"] = True  # the sidebar's counts come along (after a sync, a page turn)
     return render(request, template, context)
 
 
