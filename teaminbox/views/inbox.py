@@ -178,7 +178,8 @@ def bulk(request: AuthenticatedHttpRequest, mailbox: str) -> HttpResponse:
     toast: dict[str, Any] = {"message": sentence}
     if undo is not None:
         toast["undo"] = undo
-    return trigger_client_event(response, "toast", toast)
+    # after the settle: the toast (and a keyboard user's next key) meets the redrawn list
+    return trigger_client_event(response, "toast", toast, after="settle")
 
 
 UNDO_LIMIT = 1000  # ids carried by the toast's Undo; a bigger selection gets no Undo
