@@ -46,6 +46,11 @@ def inbox_url(live_server, mailbox) -> str:
     return f"{live_server.url}/m/{mailbox.name}/"
 
 
+def folder_url(live_server, mailbox, folder: str = "INBOX") -> str:
+    """The per-message list of one folder (the mailbox's home is the conversation list)."""
+    return f"{live_server.url}/m/{mailbox.name}/?folder={folder}"
+
+
 def message_url(live_server, mailbox, message: Message) -> str:
     return f"{live_server.url}/m/{mailbox.name}/messages/{message.pk}/"
 
@@ -113,7 +118,7 @@ def test_it_shows_new_mail_bold_and_writes_read_unread_and_delete_back_to_doveco
     message = Message.objects.get(folder__mailbox=shared_mailbox, uid=uid)
 
     page = logged_in_page(live_server, bob)
-    page.goto(inbox_url(live_server, shared_mailbox))
+    page.goto(folder_url(live_server, shared_mailbox))
     rows = page.locator("tr.message-row")
     expect(rows).to_have_count(4)
     row = page.locator(f'tr.message-row[data-message-id="{message.pk}"]')
@@ -203,7 +208,7 @@ def test_it_shows_a_viewer_no_action_buttons(
     message = Message.objects.get(folder__mailbox=shared_mailbox, uid=uid)
 
     page = logged_in_page(live_server, viewer)
-    page.goto(inbox_url(live_server, shared_mailbox))
+    page.goto(folder_url(live_server, shared_mailbox))
     page.get_by_role("link", name="Read-only eyes").click()
     expect(page.locator("h1.subject")).to_have_text("Read-only eyes")
     expect(page.locator("#flag-actions .badge", has_text="unread")).to_be_visible()
