@@ -79,7 +79,7 @@ def test_it_lists_and_renders_every_corpus_message_with_the_exact_server_bytes(
     listed: list[int] = []
     pages = -(-len(appended) // PAGE_SIZE)
     for number in range(1, pages + 1):
-        response = client.get(reverse("inbox", args=[mailbox]), {"page": number})
+        response = client.get(reverse("inbox", args=[mailbox]), {"folder": "INBOX", "page": number})
         if response.status_code != 200:
             failures.append(f"inbox page {number}: HTTP {response.status_code}")
             continue
