@@ -63,6 +63,15 @@ def in_step(mailbox: Mailbox, total: int) -> bool:
     return extracted >= total and not open_changes and status == Mailbox.SyncStatus.OK
 
 
+def wait_in_step(timeline: StatusTimeline, mailbox: Mailbox, total: int, timeout: float) -> None:
+    """Until the mailbox is in step, the status polled on the way (the last one "ok")."""
+    wait_until(
+        lambda: timeline.poll() == Mailbox.SyncStatus.OK and in_step(mailbox, total),
+        timeout=timeout,
+        what="in step",
+    )
+
+
 def assert_outage_shown(timeline: StatusTimeline, outage: float, recovered_by: float) -> None:
     """An outage over 10 s shows as "error" within 10 s of its start, and "ok" follows."""
     seen = timeline.summary()
@@ -96,7 +105,7 @@ def test_a_stalled_server_is_detected_by_timeout_and_shown_then_synced(
     outage = scaled(12.0, 70.0) + rng.uniform(0, 2)
     with FaultProxy(mail_user.server.host, mail_user.server.imap_port) as proxy:
         Mailbox.objects.filter(pk=mailbox.pk).update(port=proxy.port)
-        production(IMAP_TIMEOUT_SECONDS="2", SYNC_BATCH_MESSAGES="10")
+        running = production(IMAP_TIMEOUT_SECONDS="2", SYNC_BATCH_MESSAGES="10")
         sync_mailbox_task.delay(mailbox.pk)
         point = rng.randint(50, 250)
         wait_until(lambda: stored(mailbox) >= point, timeout=60, what=f"{point} messages")
@@ -106,8 +115,8 @@ def test_a_stalled_server_is_detected_by_timeout_and_shown_then_synced(
         timeline.poll_for(outage)
         proxy.heal()
         healed = time.monotonic()
-        wait_until(lambda: in_step(mailbox, total), timeout=OK_WITHIN + 60, what="in step")
-        timeline.poll()
+        wait_in_step(timeline, mailbox, total, timeout=OK_WITHIN + 60)
+        running.settle()  # while the proxy is still there
 
     assert_outage_shown(timeline, outage, recovered_by=healed - timeline.started + OK_WITHIN)
     assert_mirror_promise(manage, mailbox, mail_user, context=f"stall of {outage:.0f} s")
@@ -121,7 +130,7 @@ def test_dovecot_restarted_during_a_sync_and_with_staff_changes_pending(
     total = 1000
     user.deliver_bulk(make_mail(f"Restart {n}", body=f"body {n}") for n in range(total))
     mailbox = staff_mailbox(make_mailbox, user, bob)
-    production(SYNC_BATCH_MESSAGES="10")
+    running = production(SYNC_BATCH_MESSAGES="10")
     sync_mailbox_task.delay(mailbox.pk)
     point = rng.randint(50, 120)
     wait_until(stored_at_least(mailbox, point), timeout=60, what=f"{point} messages")
@@ -145,11 +154,11 @@ def test_dovecot_restarted_during_a_sync_and_with_staff_changes_pending(
     timeline.poll_for(outage)
     user.server.start_again()
     restarted = time.monotonic()
-    wait_until(lambda: in_step(mailbox, total), timeout=OK_WITHIN + 60, what="in step")
-    timeline.poll()
+    wait_in_step(timeline, mailbox, total, timeout=OK_WITHIN + 60)
 
     assert_outage_shown(timeline, outage, recovered_by=restarted - timeline.started + OK_WITHIN)
     context = f"Dovecot down {short:.0f} s mid-sync, then {outage:.0f} s"
+    running.settle()
     assert_mirror_promise(manage, mailbox, user, context=context)
     stores = stores_per_uid(user.rawlog_commands(), FLAGGED)
     assert stores == {m.uid: 1 for m in changed}, f"STOREs per change: {stores}\n{replay_hint()}"
@@ -162,7 +171,7 @@ def test_the_test_databases_connections_terminated_during_a_sync(
     total = 1000
     mail_user.deliver_bulk(make_mail(f"Terminated {n}", body=f"body {n}") for n in range(total))
     mailbox = staff_mailbox(make_mailbox, mail_user, bob)
-    production(SYNC_BATCH_MESSAGES="10")
+    running = production(SYNC_BATCH_MESSAGES="10")
     sync_mailbox_task.delay(mailbox.pk)
     terminated: list[int] = []
     since = 0
@@ -176,6 +185,7 @@ def test_the_test_databases_connections_terminated_during_a_sync(
     assert all(terminated), f"nothing to terminate at some point: {terminated}"
 
     wait_until(lambda: in_step(mailbox, total), timeout=90, what="in step")
+    running.settle()
     assert_mirror_promise(manage, mailbox, mail_user, context=f"terminated: {terminated}")
 
 
@@ -193,7 +203,8 @@ def test_redis_down_for_30_seconds_while_staff_make_100_changes(
     mailbox = staff_mailbox(make_mailbox, user, bob)
     sync_mailbox(mailbox)
     # production settings, on the test's own Redis; beat connected before the outage
-    production().wait_until_beat_tasks_run()
+    running = production()
+    running.wait_until_beat_tasks_run()
     messages = rng.sample(list(Message.objects.filter(folder__mailbox=mailbox)), 100)
     outage = scaled(30.0, 62.0)
 
@@ -209,11 +220,11 @@ def test_redis_down_for_30_seconds_while_staff_make_100_changes(
     timeline.poll_for(outage)
     own_redis.start()
     back = time.monotonic()
-    wait_until(lambda: in_step(mailbox, 150), timeout=OK_WITHIN + 30, what="in step")
-    timeline.poll()
+    wait_in_step(timeline, mailbox, 150, timeout=OK_WITHIN + 30)
 
     assert slowest < 0.5, f"a staff change waited {slowest:.2f} s for the broker"
     assert_outage_shown(timeline, outage, recovered_by=back - timeline.started + OK_WITHIN)
+    running.settle()
     assert_mirror_promise(manage, mailbox, user, context=f"Redis down {outage:.0f} s")
     stores = stores_per_uid(user.rawlog_commands(), FLAGGED)
     assert stores == {m.uid: 1 for m in messages}, f"STOREs per change: {stores}"

@@ -58,7 +58,7 @@ def test_a_uidvalidity_reset_mid_sync_with_staff_changes_waiting_and_another_cli
     mailbox = staff_mailbox(make_mailbox, user, bob, folders=folders)
     other = OtherClient(user, rng)
     # a sync every 5 s: the other client's last changes are fetched without a push of ours
-    production(SYNC_BATCH_MESSAGES="10", SYNC_INTERVAL_SECONDS="5")
+    running = production(SYNC_BATCH_MESSAGES="10", SYNC_INTERVAL_SECONDS="5")
     sync_mailbox_task.delay(mailbox.pk)
 
     first, second = sorted(rng.sample(range(60, total // 2), 2))
@@ -84,6 +84,7 @@ def test_a_uidvalidity_reset_mid_sync_with_staff_changes_waiting_and_another_cli
         ).count()
         == 0
     ), f"rows of the old UIDVALIDITY are still live\n{replay_hint()}"
+    running.settle()
     assert_mirror_promise(manage, mailbox, user, folders=folders, context=context)
     stores = stores_per_uid(user.rawlog_commands(), FLAGGED)
     assert stores == {m.uid: 1 for m in changed}, f"STOREs per change: {stores}\n{context}"

@@ -429,6 +429,12 @@ class Production:
             what="the worker to run a task from beat",
         )
 
+    def settle(self) -> None:
+        """Stop beat, then let the worker finish its task (a warm shutdown): the checks
+        then see the app at rest, not a safety-net sync that has just begun."""
+        for child in reversed(self.children):
+            child.stop(timeout=60)
+
     def stop(self) -> None:
         # the scenario is over: a worker still busy need not finish its task
         for child in self.children:
