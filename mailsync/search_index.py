@@ -16,8 +16,12 @@ from django.db import connection
 from mailsync.engine.mime import html_to_text
 from mailsync.models import Attachment, Message, MessageSearch
 
-# A tsvector holds at most 1 MB; a body longer than this is cut (its first part is indexed).
+# A tsvector holds at most 1 MB (about 1.4 bytes per character of text here): each part of
+# the document is cut to its first characters, so that together they stay far below it (a
+# 1 MB header line is real mail too).
 MAX_BODY_CHARS = 300_000
+MAX_HEADER_CHARS = 20_000  # subject, sender
+MAX_LIST_CHARS = 60_000  # To, Cc, attachment names
 
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -42,12 +46,12 @@ def _document(message: Message, filenames: list[str]) -> MessageSearch:
     body = message.text_body or (html_to_text(message.html_body) if message.html_body else "")
     return MessageSearch(
         message_id=message.pk,
-        subject=normalise(message.subject),
-        sender=normalise(f"{message.from_name} {message.from_address}"),
-        recipients_to=normalise(message.to_display),
-        recipients_cc=normalise(message.cc_display),
+        subject=normalise(message.subject[:MAX_HEADER_CHARS]),
+        sender=normalise(f"{message.from_name} {message.from_address}"[:MAX_HEADER_CHARS]),
+        recipients_to=normalise(message.to_display[:MAX_LIST_CHARS]),
+        recipients_cc=normalise(message.cc_display[:MAX_LIST_CHARS]),
         body=normalise(body[:MAX_BODY_CHARS]),
-        filenames=normalise(" ".join(filenames)),
+        filenames=normalise(" ".join(filenames)[:MAX_LIST_CHARS]),
     )
 
 

@@ -70,7 +70,12 @@ def drop_index(apps: Any, schema_editor: Any) -> None:
 def fill_documents(apps: Any, schema_editor: Any) -> None:
     """Documents for the messages stored before this migration, a batch at a time."""
     from mailsync.engine.mime import html_to_text
-    from mailsync.search_index import MAX_BODY_CHARS, normalise
+    from mailsync.search_index import (
+        MAX_BODY_CHARS,
+        MAX_HEADER_CHARS,
+        MAX_LIST_CHARS,
+        normalise,
+    )
 
     message_model = apps.get_model("mailsync", "Message")
     search_model = apps.get_model("mailsync", "MessageSearch")
@@ -90,16 +95,16 @@ def fill_documents(apps: Any, schema_editor: Any) -> None:
             [
                 search_model(
                     message_id=m.pk,
-                    subject=normalise(m.subject),
-                    sender=normalise(f"{m.from_name} {m.from_address}"),
-                    recipients_to=normalise(m.to_display),
-                    recipients_cc=normalise(m.cc_display),
+                    subject=normalise(m.subject[:MAX_HEADER_CHARS]),
+                    sender=normalise(f"{m.from_name} {m.from_address}"[:MAX_HEADER_CHARS]),
+                    recipients_to=normalise(m.to_display[:MAX_LIST_CHARS]),
+                    recipients_cc=normalise(m.cc_display[:MAX_LIST_CHARS]),
                     body=normalise(
                         (m.text_body or (html_to_text(m.html_body) if m.html_body else ""))[
                             :MAX_BODY_CHARS
                         ]
                     ),
-                    filenames=normalise(" ".join(names.get(m.pk, []))),
+                    filenames=normalise(" ".join(names.get(m.pk, []))[:MAX_LIST_CHARS]),
                 )
                 for m in batch
             ],
