@@ -691,6 +691,7 @@ def main() -> int:
         for name in ("CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "MAILBOX_PASSWORD"):
             env.pop(name, None)
         manage = [sys.executable, str(ROOT / "manage.py")]
+        run_step([*manage, "ensurekeys"], env, timeout=60, what="manage.py ensurekeys")
         run_step([*manage, "migrate", "-v0"], env, timeout=120, what="manage.py migrate")
         child(
             "setup", STAFF_USER, staff_password, server.host, str(server.imap_port),

@@ -104,9 +104,8 @@ def main() -> None:
             "BENCH_PASSWORD": password,
         }
         env.pop("REDIS_URL", None)
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
-        )
+        for command in ("ensurekeys", "migrate"):
+            subprocess.run([sys.executable, "manage.py", command], cwd=ROOT, env=env, check=True)
         child = subprocess.run(
             [sys.executable, "-c", CHILD],
             cwd=ROOT,

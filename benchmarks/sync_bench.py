@@ -154,6 +154,14 @@ def django_env(url: str, workdir: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     env.pop("REDIS_URL", None)
+    # Keys are files in the var directory, written by the command that first needs them
+    # (issue 8); settings only read them.
+    subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "manage.py"), "ensurekeys"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        check=True,
+    )
     return env
 
 
